@@ -1,0 +1,83 @@
+"""Reading params.yaml and applying profiles (named sets of overrides).
+
+A profile is a YAML file in ``profiles/`` whose keys override the same keys of
+``params.yaml``. It can be applied in place (so ``dvc repro`` and
+``dvc exp show`` see exactly the values that ran) or turned into ``-S``
+arguments for ``dvc exp run``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+PARAMS_FILE = "params.yaml"
+PROFILES_DIR = "profiles"
+
+
+def load_params(path: str | os.PathLike = PARAMS_FILE) -> dict[str, Any]:
+    """The whole params file as a dict."""
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f) or {}
+
+
+def load_profile(name: str, profiles_dir: str | os.PathLike = PROFILES_DIR) -> dict[str, Any]:
+    path = Path(profiles_dir) / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in Path(profiles_dir).glob("*.yaml"))
+        raise FileNotFoundError(f"profile '{name}' not found: {path} does not exist (known: {', '.join(known) or 'none'})")
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f) or {}
+
+
+def flatten(overrides: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Dotted keys of a nested dict: {"a": {"b": 1}} -> ("a.b", 1)."""
+    for key, value in overrides.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from flatten(value, dotted + ".")
+        else:
+            yield dotted, value
+
+
+def set_args(overrides: dict[str, Any]) -> list[str]:
+    """The overrides as ``dvc exp run`` arguments: ["-S", "a.b=1", ...]."""
+    args = []
+    for key, value in flatten(overrides):
+        args += ["-S", f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"]
+    return args
+
+
+def apply_profile(name: str, params_path: str | os.PathLike = PARAMS_FILE,
+                  profiles_dir: str | os.PathLike = PROFILES_DIR) -> list[str]:
+    """Write a profile's values into params.yaml, keeping its comments and order.
+
+    Returns the dotted keys that were set. Unknown keys are an error, so a typo
+    in a profile cannot silently add a parameter nobody reads.
+    """
+    from ruamel.yaml import YAML
+
+    rt = YAML()
+    rt.preserve_quotes = True
+    with open(params_path, encoding="utf-8") as f:
+        doc = rt.load(f)
+    changed = []
+    for dotted, value in flatten(load_profile(name, profiles_dir)):
+        *parents, leaf = dotted.split(".")
+        node = doc
+        for part in parents:
+            if part not in node:
+                raise KeyError(f"profile '{name}': {dotted} is not a key of {params_path}")
+            node = node[part]
+        if leaf not in node:
+            raise KeyError(f"profile '{name}': {dotted} is not a key of {params_path}")
+        node[leaf] = value
+        changed.append(dotted)
+    tmp = Path(f"{params_path}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        rt.dump(doc, f)
+    os.replace(tmp, params_path)
+    return changed

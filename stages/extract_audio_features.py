@@ -1,0 +1,43 @@
+"""DVC stage `extract_audio_features`: data/processed/<clip>/audio.wav -> data/features/<clip>.npy."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from dithead.features import default_device, frame_features, load_wav2vec2
+from dithead.fileio import atomic_path, write_json
+from dithead.params import load_params
+from dithead.store import list_clips
+
+PROCESSED = Path("data/processed")
+FEATURES = Path("data/features")
+
+
+def main() -> int:
+    params = load_params()
+    p, fps = params["audio_features"], params["data"]["fps"]
+    device = default_device()
+    net = load_wav2vec2(p["model"], device) if p["encoder"] == "wav2vec2" else None
+    dim = None
+    with atomic_path(FEATURES) as tmp:
+        tmp.mkdir(parents=True)
+        for clip in tqdm(list_clips(PROCESSED), desc="audio features", unit="clip"):
+            samples, rate = sf.read(clip.audio_path, dtype="float32")
+            feats = frame_features(samples, rate, len(clip), fps, p["encoder"], n_mels=p["n_mels"], net=net,
+                                   output=p["output"], layer=p["layer"], chunk_seconds=p["chunk_seconds"],
+                                   device=device)
+            np.save(tmp / f"{clip.name}.npy", feats)
+            dim = feats.shape[1]
+        write_json(tmp / "features.json", {"encoder": p["encoder"], "model": p["model"] if net is not None else None,
+                                           "output": p["output"], "dim": dim, "fps": fps})
+    print(f"extract_audio_features: {p['encoder']} features, {dim} per frame -> {FEATURES}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""DVC stage `preprocess`: data/raw/* -> data/processed/<clip>/ + metrics/preprocess.json + mask previews."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from dithead.params import load_params
+from dithead.preprocess import PreprocessConfig, process_dir, report
+from dithead.preview import mask_preview, save_png
+from dithead.fileio import atomic_path, write_json
+from dithead.store import list_clips
+
+PROCESSED = Path("data/processed")
+REPORT = Path("metrics/preprocess.json")
+PREVIEW_DIR = Path("metrics/preview")
+
+
+def config(params: dict) -> PreprocessConfig:
+    p = params["preprocess"]
+    return PreprocessConfig(
+        fps=params["data"]["fps"], sample_rate=params["data"]["sample_rate"], size=p["size"], margin=p["margin"],
+        smooth_frames=p["smooth_frames"], detection_confidence=p["detection_confidence"],
+        tracking_confidence=p["tracking_confidence"], min_valid_frames=p["min_valid_frames"],
+        codec=p["codec"], jpeg_quality=p["jpeg_quality"])
+
+
+def main() -> int:
+    params = load_params()
+    # Build into a temporary folder: a failed run never leaves a half-written data/processed.
+    with atomic_path(PROCESSED) as tmp:
+        results = process_dir(params["data"]["raw_dir"], tmp, config(params), workers=params["preprocess"]["workers"])
+        summary = report(results)
+        write_json(REPORT, summary)
+        for name, reason in summary["skipped_clips"].items():
+            print(f"skipped {name}: {reason}", file=sys.stderr)
+        if not summary["clips"]:
+            raise SystemExit(f"preprocess: no clip could be used (see {REPORT})")
+    write_previews(params)
+    print(f"preprocess: {summary['clips']} clips, {summary['frames']} frames "
+          f"({summary['frames_without_face']} without a face), {summary['skipped']} skipped -> {PROCESSED}")
+    return 0
+
+
+def write_previews(params: dict) -> None:
+    with atomic_path(PREVIEW_DIR) as tmp:
+        tmp.mkdir(parents=True)
+        for clip in list_clips(PROCESSED):
+            image = mask_preview(clip, params["preprocess"]["preview_frames"],
+                                 params["mask"]["kernel_size"], params["mask"]["sigma"])
+            save_png(tmp / f"{clip.name}.png", image)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
