@@ -14,8 +14,10 @@ beside it (both input forms preprocess accepts).
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -90,51 +92,60 @@ def mouth_frame(photo: np.ndarray, opening: float, offset: tuple[float, float]) 
     return cv2.warpAffine(frame, shift, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
-def render_clip(clip: DemoClip, out_dir: str | os.PathLike, seconds: float = 4.0) -> Path:
-    """Write ``<out_dir>/<name>.mp4`` (+ ``.wav`` beside it when ``audio_beside``); returns the video path."""
+def clip_frames(clip: DemoClip, envelope: np.ndarray, n_frames: int, fps: float = FPS,
+                sample_rate: int = SAMPLE_RATE):
+    """RGB frames of ``clip`` whose mouth opening follows ``envelope`` (at ``sample_rate``)."""
     import skimage.data
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     x0, y0, x1, y1 = FRAME_BOX
     photo = skimage.data.astronaut()[y0:y1, x0:x1].astype(np.float32) * np.float32(clip.tint)
     photo = np.clip(photo, 0, 255).astype(np.uint8)
-    audio, envelope = speech_like(seconds, clip.seed)
-    n_frames = int(seconds * FPS)
-    frames = []
     for k in range(n_frames):
-        opening = float(envelope[min(len(envelope) - 1, int((k + 0.5) / FPS * SAMPLE_RATE))])
-        offset = (3 * np.sin(2 * np.pi * k / 70), 2 * np.sin(2 * np.pi * k / 45))
+        opening = float(envelope[min(len(envelope) - 1, int((k + 0.5) / fps * sample_rate))])
+        offset = (3 * np.sin(2 * np.pi * k / (2.3 * fps)), 2 * np.sin(2 * np.pi * k / (1.5 * fps)))
         frame = mouth_frame(photo, opening, offset)
-        frames.append(frame[:, ::-1] if clip.mirrored else frame)
+        yield np.ascontiguousarray(frame[:, ::-1]) if clip.mirrored else frame
+
+
+def render_clip(clip: DemoClip, out_dir: str | os.PathLike, seconds: float = 4.0) -> Path:
+    """Write ``<out_dir>/<name>.mp4`` (+ ``.wav`` beside it when ``audio_beside``); returns the video path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    audio, envelope = speech_like(seconds, clip.seed)
+    frames = clip_frames(clip, envelope, int(seconds * FPS))
     video = out_dir / f"{clip.name}.mp4"
     with atomic_path(video) as tmp:
-        _encode(tmp, frames, None if clip.audio_beside else audio)
+        write_video(tmp, frames, FPS, None if clip.audio_beside else audio, SAMPLE_RATE)
     if clip.audio_beside:
         with atomic_path(video.with_suffix(".wav")) as tmp:
             write_wav(tmp, audio, SAMPLE_RATE)
     return video
 
 
-def _encode(path: Path, frames: list[np.ndarray], audio: np.ndarray | None) -> None:
+def write_video(path: str | os.PathLike, frames, fps: float, audio: np.ndarray | None = None,
+                sample_rate: int = SAMPLE_RATE, codec: str = "libx264") -> None:
+    """Encode RGB ``frames`` (an iterable, streamed) as H.264 yuv420p, with mono AAC ``audio`` if given."""
     import av
 
-    with av.open(str(path), mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=FPS, options={"crf": "18", "preset": "veryfast"})
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = "yuv420p"
-        a_stream = container.add_stream("aac", rate=SAMPLE_RATE, layout="mono") if audio is not None else None
-        for image in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")))
-        container.mux(stream.encode())
-        if a_stream is not None:
-            block = 1024
-            for start in range(0, len(audio), block):
-                frame = av.AudioFrame.from_ndarray(audio[None, start:start + block], format="flt", layout="mono")
-                frame.sample_rate = SAMPLE_RATE
-                frame.pts = start
-                container.mux(a_stream.encode(frame))
-            container.mux(a_stream.encode())
+    frames = iter(frames)
+    first = next(frames)
+    with av.open(str(path), mode="w") as container:
+        # Every stream must exist before the first packet is written.
+        video = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001),
+                                     options={"crf": "18", "preset": "veryfast"})
+        video.height, video.width = first.shape[:2]
+        video.pix_fmt = "yuv420p"
+        sound = container.add_stream("aac", rate=sample_rate, layout="mono") if audio is not None else None
+        for image in itertools.chain([first], frames):
+            container.mux(video.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")))
+        container.mux(video.encode())
+        if sound is not None:
+            for start in range(0, len(audio), 1024):
+                block = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio[None, start:start + 1024], np.float32),
+                                                   format="flt", layout="mono")
+                block.sample_rate, block.pts = sample_rate, start
+                container.mux(sound.encode(block))
+            container.mux(sound.encode())
 
 
 def make_demo_data(out_dir: str | os.PathLike, seconds: float = 4.0) -> list[Path]:

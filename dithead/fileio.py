@@ -19,7 +19,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    # Keep the suffix: writers that pick a format from the name (video, image) still work.
+    tmp = final.with_name(f".{final.stem}.tmp-{os.getpid()}{final.suffix}")
     _remove(tmp)
     try:
         yield tmp

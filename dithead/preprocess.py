@@ -100,7 +100,7 @@ def process_clip(video: str | os.PathLike, out_dir: str | os.PathLike, cfg: Prep
         n_frames, n_valid = len(track["valid"]), int(np.sum(track["valid"]))
         needed = max(cfg.min_valid_frames, AUDIO_WINDOW)
         if n_valid < needed:
-            raise ClipSkipped(f"only {n_valid} of {n_frames} frames have a face; at least {needed} are needed "
+            raise ClipSkipped(f"{video}: only {n_valid} of {n_frames} frames have a face; at least {needed} are needed "
                               f"(preprocess.min_valid_frames)")
         samples, padded = align_to_frames(sound.samples, n_frames, cfg.fps, cfg.sample_rate)
         write_wav(tmp / "audio.wav", samples, cfg.sample_rate)

@@ -78,8 +78,14 @@ def _duration(container, stream) -> float:
     return 0.0
 
 
-def iter_source_frames(path: str | os.PathLike, num_threads: int = 0) -> Iterator[tuple[int, float, np.ndarray]]:
-    """(source index, timestamp in seconds, RGB frame) for every decoded frame."""
+def iter_source_frames(path: str | os.PathLike, num_threads: int = 1) -> Iterator[tuple[int, float, np.ndarray]]:
+    """(source index, timestamp in seconds, RGB frame) for every decoded frame.
+
+    ``num_threads`` is decord's decoder thread count. One thread by default:
+    clips are processed in parallel by workers, and decord's auto-threaded
+    decoder beside mediapipe's threads made peak memory grow with clip length
+    (measured: 270 MB -> 1.5 GB over 1000 frames of 1080x1920 HEVC; flat with 1).
+    """
     try:
         reader = _open_decord(path, num_threads)
     except Exception:
@@ -136,7 +142,7 @@ def _pyav_frames(path) -> Iterator[tuple[int, float, np.ndarray]]:
             # A truncated file: keep the frames decoded so far.
 
 
-def iter_frames(path: str | os.PathLike, fps: float = 25.0, num_threads: int = 0) -> Iterator[Frame]:
+def iter_frames(path: str | os.PathLike, fps: float = 25.0, num_threads: int = 1) -> Iterator[Frame]:
     """Frames resampled to ``fps``: output frame k shows the source frame nearest to k / fps.
 
     Needs one frame of look-ahead, so memory stays at two decoded frames.

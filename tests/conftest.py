@@ -1,0 +1,85 @@
+"""Shared fixtures: the bundled demo clips, preprocessed once per test session, and the real clips."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+SHARED_CLIPS = Path(__file__).resolve().parents[2] / "shared" / "clips"
+SMOKE_SIZE = 64
+SMOKE_MELS = 32
+
+
+@pytest.fixture(scope="session")
+def demo_raw(tmp_path_factory) -> Path:
+    """data/raw with the two bundled demo clips (4 s, 30 fps, 44.1 kHz)."""
+    from dithead.demo import make_demo_data
+
+    raw = tmp_path_factory.mktemp("demo") / "data" / "raw"
+    make_demo_data(raw)
+    return raw
+
+
+@pytest.fixture(scope="session")
+def processed_demo(demo_raw) -> Path:
+    """A root with data/processed/<clip>/ (64x64 crops) and data/features/<clip>.npy (mel) for the demo clips."""
+    from dithead.features import frame_features
+    from dithead.preprocess import PreprocessConfig, process_dir
+    from dithead.store import list_clips
+
+    root = demo_raw.parent.parent
+    cfg = PreprocessConfig(size=SMOKE_SIZE, smooth_frames=5, min_valid_frames=11)
+    results = process_dir(demo_raw, root / "data" / "processed", cfg, workers=1)
+    assert all(r.ok for r in results), [r.reason for r in results]
+    features = root / "data" / "features"
+    features.mkdir(parents=True)
+    for clip in list_clips(root / "data" / "processed"):
+        samples, rate = sf.read(clip.audio_path, dtype="float32")
+        np.save(features / f"{clip.name}.npy", frame_features(samples, rate, len(clip), cfg.fps, "mel", n_mels=SMOKE_MELS))
+    return root
+
+
+@pytest.fixture(scope="session")
+def shared_clips() -> Path:
+    """The real talking-head clips beside the project; required in CI, skipped elsewhere when absent."""
+    if SHARED_CLIPS.is_dir():
+        return SHARED_CLIPS
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{SHARED_CLIPS} is missing: CI must provide the real clips")
+    pytest.skip(f"{SHARED_CLIPS} not present (a fresh clone has no real clips)")
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def copy_project(dest: Path) -> Path:
+    """The project's files (tracked and new, not ignored) in a fresh git repo at ``dest``, as a user's clone."""
+    import shutil
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
+                           capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        src = REPO / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    return dest
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 1200):
+    """Run a command of the installed environment in ``cwd``; fail the test with its output if it fails."""
+    import subprocess
+    import sys
+
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        pytest.fail(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
