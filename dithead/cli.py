@@ -4,6 +4,7 @@
     dithead profile smoke [--set-args]           apply a params profile (or print it as dvc exp run -S args)
     dithead preprocess VIDEO [--audio WAV] --out DIR
     dithead features DIR [--encoder mel]          audio features for a preprocessed clip
+    dithead evaluate --pred P.mp4 --gt G.mp4      the paper's metrics on any pair of videos
 """
 
 from __future__ import annotations
@@ -99,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-mels", type=int, default=80)
     p.add_argument("--out", help="output .npy (default: CLIP/features.npy)")
     p.set_defaults(func=cmd_features)
+
+    from .metrics.cli import add_evaluate_parser
+
+    add_evaluate_parser(sub)
     return parser
 
 
@@ -116,10 +121,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by the user's input or setup (bugs still show a traceback)."""
     from .audio import AudioError
     from .features import FeatureModelError
+    from .metrics.video import EvaluationError
+    from .metrics.weights import MissingWeightsError, WeightsFormatError
     from .preprocess import ClipSkipped
     from .video import VideoError
 
-    return (VideoError, AudioError, ClipSkipped, FeatureModelError, FileNotFoundError)
+    return (VideoError, AudioError, ClipSkipped, FeatureModelError, EvaluationError, MissingWeightsError,
+            WeightsFormatError, FileNotFoundError)
 
 
 if __name__ == "__main__":

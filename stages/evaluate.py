@@ -1,0 +1,82 @@
+"""DVC stage `evaluate`: outputs/samples/<clip>.mp4 vs data/raw/<clip>.* -> metrics/eval.json, plots, comparison video.
+
+Writes
+- metrics/eval.json: overall and per-clip PSNR, SSIM, LPIPS, FID, LSE-C, LSE-D,
+  LMD, mouth PSNR/SSIM, and the reason for any metric not computed;
+- dvclive/evaluate/plots/custom/: per-frame PSNR and LMD of every clip;
+- outputs/eval/report.json: the full per-clip reports (frame counts, overlap,
+  frames without a face, crop, audio, notes);
+- outputs/eval/<clip>_side_by_side.mp4: ground truth | generated | |difference|
+  for the first clip.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from dithead.features import default_device
+from dithead.fileio import atomic_path, write_json
+from dithead.metrics.video import EvalConfig, evaluate_samples
+from dithead.params import load_params
+
+SAMPLES = Path("outputs/samples")
+METRICS = Path("metrics/eval.json")
+OUT_DIR = Path("outputs/eval")
+LIVE_DIR = Path("dvclive/evaluate")
+PLOTTED = ("psnr", "lmd")
+
+
+def config(params: dict) -> EvalConfig:
+    p = params["evaluate"]
+    return EvalConfig(metrics=p["metrics"], fps=params["data"]["fps"], crop_size=p["crop_size"],
+                      crop_margin=p["crop_margin"], smooth_frames=p["smooth_frames"], mouth_margin=p["mouth_margin"],
+                      max_frames=p["max_frames"], psnr_cap=p["psnr_cap"], boxes=p["boxes"],
+                      syncnet_vshift=p["syncnet_vshift"], batch_size=p["batch_size"], device=default_device())
+
+
+def main() -> int:
+    params = load_params()
+    first = min((p.stem for p in SAMPLES.glob("*.mp4")), default=None)
+    with atomic_path(OUT_DIR) as out:
+        out.mkdir(parents=True)
+        side_by_side = (first, out / f"{first}_side_by_side.mp4") if first else None
+        evaluation = evaluate_samples(SAMPLES, params["data"]["raw_dir"], params.get("weights") or {},
+                                      config(params), side_by_side)
+        write_json(out / "report.json", {"clips": {name: r.report for name, r in evaluation.results.items()},
+                                         "failed": evaluation.failed})
+    summary = evaluation.metrics_json()
+    write_json(METRICS, summary)
+    write_plots(evaluation.results)
+    for name, reason in summary["failed"].items():
+        print(f"evaluate: {name} not evaluated: {reason}", file=sys.stderr)
+    for metric, reason in summary["missing"].items():
+        print(f"evaluate: {metric} {reason}", file=sys.stderr)
+    if not evaluation.results:
+        raise SystemExit(f"evaluate: no clip could be evaluated (see {METRICS})")
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in summary["overall"].items())
+    print(f"evaluate: {shown} -> {METRICS}")
+    return 0
+
+
+def write_plots(results: dict) -> None:
+    """Per-frame PSNR and LMD of each clip as dvclive custom plots (``dvc plots show``)."""
+    from dvclive import Live
+
+    # dvc.yaml declares the plots; dvclive writes no dvc.yaml and saves no experiment.
+    live = Live(str(LIVE_DIR), dvcyaml=None, save_dvc_exp=False, report=None)
+    for clip, result in results.items():
+        for metric in PLOTTED:
+            values = result.per_frame.get(metric)
+            if values is None:
+                continue
+            points = [{"frame": int(k), metric: float(v)} for k, v in enumerate(values) if np.isfinite(v)]
+            if points:
+                live.log_plot(f"{metric}_{clip}", points, x="frame", y=metric, template="linear",
+                              title=f"{clip}: per-frame {metric.upper()}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
