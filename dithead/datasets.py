@@ -1,0 +1,115 @@
+"""Training images from preprocessed clips (``dithead.store.ProcessedClip``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from dithead.mask import apply_mask, lower_face_mask, random_shift
+from dithead.store import ProcessedClip
+
+
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """RGB uint8 (H, W, 3) -> float32 (3, H, W) in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(127.5).sub(1.0)
+
+
+def tensor_to_image(tensor: torch.Tensor) -> np.ndarray:
+    """Float (3, H, W) or (B, 3, H, W) in [-1, 1] -> RGB uint8 (H, W, 3) or (B, H, W, 3)."""
+    scaled = (tensor.detach().float().clamp(-1, 1) + 1) * 127.5
+    return scaled.round().to(torch.uint8).movedim(-3, -1).cpu().numpy()
+
+
+def valid_frames(clips: Sequence[ProcessedClip]) -> np.ndarray:
+    """(M, 2) int64 rows (clip index, frame index) of every frame with a face."""
+    rows = [np.stack([np.full(len(idx), c), idx], axis=1)
+            for c, clip in enumerate(clips) if len(idx := np.flatnonzero(np.asarray(clip.valid)))]
+    return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 2), dtype=np.int64)
+
+
+def split_frames(clips: Sequence[ProcessedClip], val_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split the valid frames into (train, validation) rows of (clip index, frame index).
+
+    Validation takes the last valid frames of each clip, ``val_frames`` in all,
+    shared out evenly. A contiguous tail rather than random frames: neighbouring
+    frames are near copies, so randomly held-out frames would measure memory,
+    not reconstruction of unseen images.
+    """
+    frames = valid_frames(clips)
+    if val_frames < 0:
+        raise ValueError(f"val_frames must be >= 0, not {val_frames}")
+    if len(clips) == 0 or len(frames) == 0:
+        raise ValueError("no frames with a face in the preprocessed clips")
+    train, val = [], []
+    per_clip = np.full(len(clips), val_frames // len(clips))
+    per_clip[: val_frames % len(clips)] += 1
+    for c, clip in enumerate(clips):
+        rows = frames[frames[:, 0] == c]
+        if per_clip[c] and per_clip[c] >= len(rows):
+            raise ValueError(f"val_frames={val_frames} leaves no training frames in clip '{clip.name}' "
+                             f"({len(rows)} frames with a face)")
+        cut = len(rows) - per_clip[c]
+        train.append(rows[:cut])
+        val.append(rows[cut:])
+    return np.concatenate(train), np.concatenate(val)
+
+
+class FrameDataset(Dataset):
+    """Single face crops as float (3, H, W) tensors in [-1, 1].
+
+    With ``masked=True`` the lower face is blacked out with the mask of
+    ``dithead.mask`` (Gaussian edge of ``kernel_size``/``sigma``), moved by a
+    random shift of up to ``max_shift`` pixels (paper 3.1). ``frames`` are
+    (clip index, frame index) rows (default: every valid frame). Index ``i``
+    may exceed the length (see ``dithead.training.StepSampler``): it reads
+    frame ``i % len`` and seeds the shift with ``(seed, i)``, so a sample is
+    the same in every run and in any DataLoader worker.
+    """
+
+    def __init__(self, clips: Sequence[ProcessedClip], masked: bool, kernel_size: int, sigma: float,
+                 max_shift: int, seed: int, frames: np.ndarray | None = None):
+        self.clips = list(clips)
+        self.masked = masked
+        self.kernel_size = kernel_size
+        self.sigma = sigma
+        self.max_shift = max_shift
+        self.seed = seed
+        self.frames = valid_frames(self.clips) if frames is None else np.asarray(frames, dtype=np.int64)
+        if len(self.frames) == 0:
+            raise ValueError("FrameDataset: no frames to read")
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        clip_index, frame = self.frames[index % len(self.frames)]
+        clip = self.clips[clip_index]
+        image = clip.crop(int(frame))
+        if self.masked:
+            image = apply_mask(image, self._mask(clip, int(frame), image.shape[:2], index))
+        return image_to_tensor(image)
+
+    def _mask(self, clip: ProcessedClip, frame: int, size: tuple[int, int], index: int) -> np.ndarray:
+        shift = random_shift(np.random.default_rng([self.seed, index]), self.max_shift) if self.max_shift > 0 else (0, 0)
+        return lower_face_mask(np.asarray(clip.landmarks[frame]), size, self.kernel_size, self.sigma, shift=shift)
+
+
+def crop_size(clips: Sequence[ProcessedClip]) -> int:
+    """The common square crop size of ``clips``; an error names the clip that differs."""
+    sizes = {}
+    for clip in clips:
+        valid = np.flatnonzero(np.asarray(clip.valid))
+        if len(valid) == 0:
+            raise ValueError(f"clip '{clip.name}' has no frame with a face")
+        h, w = clip.crop(int(valid[0])).shape[:2]
+        if h != w:
+            raise ValueError(f"clip '{clip.name}': crops are {w}x{h}, expected square crops")
+        sizes[clip.name] = h
+    if not sizes:
+        raise ValueError("no preprocessed clips")
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"clips have different crop sizes: {sizes}; preprocess them with one preprocess.size")
+    return next(iter(sizes.values()))

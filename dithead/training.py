@@ -1,0 +1,380 @@
+"""Pieces shared by the training stages (VQGANs, DiT).
+
+Distributed training, mixed precision and gradient accumulation are
+``accelerate``'s; this module adds what a long DVC stage needs on top:
+
+* a data order that is a pure function of (seed, optimizer step), so a run
+  resumed from a checkpoint sees exactly the batches an uninterrupted run
+  would have seen, and ends after the same number of steps;
+* checkpoints in ``checkpoints/<stage>/`` written atomically with
+  ``Accelerator.save_state`` and resumed from the newest one, discarded when
+  the run's configuration changed;
+* SIGTERM/SIGINT turned into "save a checkpoint and stop" at the next step;
+* dvclive logging whose history survives an interruption (it is saved inside
+  each checkpoint), a tqdm bar with loss and images/s, and an atomic final
+  ``save_pretrained``.
+
+A training loop uses them like this::
+
+    accelerator = make_accelerator(mixed_precision="auto", gradient_accumulation_steps=2, seed=0)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    checkpointer = Checkpointer(accelerator, "checkpoints/train_x", every=1000,
+                                fingerprint=run_config, live_dir="dvclive/train_x")
+    start = checkpointer.resume()
+    live = make_live(accelerator, "dvclive/train_x", resume=start > 0)
+    batches = iter(make_dataloader(dataset, batch_size=8, accelerator=accelerator, seed=0, start_step=start))
+    with GracefulStop() as stop, progress_bar(accelerator, total=steps, initial=start) as bar:
+        for step in range(start + 1, steps + 1):
+            for _ in range(accelerator.gradient_accumulation_steps):
+                with accelerator.accumulate(model):
+                    ...  # forward, accelerator.backward, optimizer.step, zero_grad
+            log_metrics(live, step, {...})
+            checkpointer.maybe_save(step)
+            if stop.should_stop(accelerator):
+                raise TrainingInterrupted(step, checkpointer.save(step))
+    save_pretrained_atomic(accelerator, "models/x", accelerator.unwrap_model(model))
+    checkpointer.clear()
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from dithead.fileio import atomic_path
+
+MIXED_PRECISION_CHOICES = ("auto", "bf16", "fp16", "no")
+CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
+FINGERPRINT_FILE = "run.json"
+LIVE_SUBDIR = "live"
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal after saving ``checkpoint`` at ``step``."""
+
+    def __init__(self, step: int, checkpoint: Path):
+        super().__init__(f"interrupted at step {step}; state saved to {checkpoint}; run the same command again to resume")
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+# --------------------------------------------------------------------------- accelerator
+
+
+def resolve_mixed_precision(choice: str) -> str:
+    """``auto`` -> ``bf16`` where the GPU supports it, else ``no`` (CPU bf16 is slower than fp32)."""
+    if choice not in MIXED_PRECISION_CHOICES:
+        raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION_CHOICES)}, not {choice!r}")
+    if choice != "auto":
+        return choice
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def make_accelerator(*, mixed_precision: str = "auto", gradient_accumulation_steps: int = 1, seed: int = 0) -> Accelerator:
+    """An Accelerator (one or many GPUs/nodes, as ``accelerate launch`` set up) with every RNG seeded.
+
+    The seed is the same on every process so all replicas start from identical weights.
+    """
+    if gradient_accumulation_steps < 1:
+        raise ValueError(f"gradient_accumulation_steps must be >= 1, not {gradient_accumulation_steps}")
+    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(mixed_precision),
+                              gradient_accumulation_steps=gradient_accumulation_steps)
+    set_seed(seed)
+    return accelerator
+
+
+# --------------------------------------------------------------------------- data order
+
+
+class StepSampler(Sampler[int]):
+    """Endless, reproducible sample order, starting at optimizer step ``start_step``.
+
+    Draw ``d`` (counted over all processes from step 0) takes item
+    ``perm_e[d % n]`` of epoch ``e = d // n``, where ``perm_e`` is a permutation
+    seeded by ``(seed, e)``. Each optimizer step consumes
+    ``batch_size * gradient_accumulation_steps * num_processes`` draws, so the
+    batches of step ``s`` depend only on ``(seed, s)``: a resumed run continues
+    the exact sequence of an uninterrupted one.
+
+    It yields ``e * n + item``; datasets used with it take any index ``i >= 0``
+    as item ``i % len`` and may seed per-sample augmentation with ``i``, which
+    then differs between epochs yet is reproducible.
+    """
+
+    def __init__(self, num_items: int, *, batch_size: int, seed: int, start_step: int = 0,
+                 gradient_accumulation_steps: int = 1, num_processes: int = 1, process_index: int = 0):
+        if num_items < 1:
+            raise ValueError("cannot sample from an empty dataset")
+        self.num_items = num_items
+        self.batch_size = batch_size
+        self.seed = seed
+        self.num_processes = num_processes
+        self.process_index = process_index
+        self.first_micro_batch = start_step * gradient_accumulation_steps
+
+    def __iter__(self) -> Iterator[int]:
+        epoch, permutation = -1, None
+        micro_batch = self.first_micro_batch
+        while True:
+            first_draw = (micro_batch * self.num_processes + self.process_index) * self.batch_size
+            for draw in range(first_draw, first_draw + self.batch_size):
+                if draw // self.num_items != epoch:
+                    epoch = draw // self.num_items
+                    permutation = np.random.default_rng([self.seed, epoch]).permutation(self.num_items)
+                yield epoch * self.num_items + int(permutation[draw % self.num_items])
+            micro_batch += 1
+
+
+def make_dataloader(dataset: Dataset, *, batch_size: int, accelerator: Accelerator, seed: int,
+                    start_step: int = 0, workers: int = 0) -> DataLoader:
+    """An endless DataLoader over ``dataset`` in :class:`StepSampler` order, this process's share only.
+
+    Not passed through ``accelerator.prepare``: the sampler already shards the
+    data between processes, and ``prepare`` would need a finite length.
+    Batches stay on the CPU; move them with ``.to(accelerator.device)``.
+    """
+    sampler = StepSampler(len(dataset), batch_size=batch_size, seed=seed, start_step=start_step,
+                          gradient_accumulation_steps=accelerator.gradient_accumulation_steps,
+                          num_processes=accelerator.num_processes, process_index=accelerator.process_index)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      pin_memory=accelerator.device.type == "cuda", persistent_workers=workers > 0)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+class Checkpointer:
+    """Resumable training state in ``directory/step_<N>/`` (``Accelerator.save_state``).
+
+    Everything passed to ``accelerator.prepare`` (models, optimizers, schedulers)
+    and objects given to ``accelerator.register_for_checkpointing`` are saved,
+    with every process's RNG state. ``fingerprint`` describes the run (its
+    parameters, its data); checkpoints of a run with another fingerprint are
+    deleted instead of resumed. ``live_dir`` (dvclive's directory) is copied
+    into each checkpoint and put back on resume, so the logged history matches
+    the resumed step even though DVC deletes stage outputs before a rerun.
+    The newest ``keep`` checkpoints are kept.
+    """
+
+    def __init__(self, accelerator: Accelerator, directory: str | os.PathLike, *, every: int,
+                 fingerprint: Mapping[str, Any], live_dir: str | os.PathLike | None = None, keep: int = 2):
+        self.accelerator = accelerator
+        self.directory = Path(directory)
+        self.every = every
+        self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
+        self.live_dir = Path(live_dir) if live_dir is not None else None
+        self.keep = max(1, keep)
+
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """Complete checkpoints as (step, path), oldest first (partial saves never match the name)."""
+        if not self.directory.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.directory.iterdir()
+                 if p.is_dir() and (m := CHECKPOINT_PATTERN.match(p.name))]
+        return sorted(found)
+
+    def latest(self) -> tuple[int, Path] | None:
+        found = self.checkpoints()
+        return found[-1] if found else None
+
+    def resume(self, max_step: int | None = None) -> int:
+        """Load the newest checkpoint of this run; return its step (0 when starting fresh).
+
+        Call it after ``accelerator.prepare``. Checkpoints beyond ``max_step``
+        (the run's total steps was lowered) cannot be continued and are deleted
+        like those of another configuration.
+        """
+        if self.accelerator.is_main_process and self.directory.is_dir():
+            for partial in self.directory.glob(".tmp-step_*"):  # saves cut short by a kill
+                shutil.rmtree(partial, ignore_errors=True)
+        latest = self.latest()
+        beyond = max_step is not None and latest is not None and latest[0] > max_step
+        if beyond or not self._fingerprint_matches():
+            if self.accelerator.is_main_process and self.directory.exists():
+                self.accelerator.print(f"{self.directory}: checkpoints of a different run configuration; starting over")
+                shutil.rmtree(self.directory)
+            self.accelerator.wait_for_everyone()
+        latest = self.latest()
+        if latest is None:
+            return 0
+        step, path = latest
+        self.accelerator.load_state(str(path))
+        if self.live_dir is not None and self.accelerator.is_main_process and (path / LIVE_SUBDIR).is_dir():
+            shutil.rmtree(self.live_dir, ignore_errors=True)
+            shutil.copytree(path / LIVE_SUBDIR, self.live_dir)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.print(f"resumed from {path} (step {step})")
+        return step
+
+    def maybe_save(self, step: int) -> Path | None:
+        """Save when ``step`` is a multiple of ``every`` (0 disables periodic saves)."""
+        if self.every > 0 and step % self.every == 0:
+            return self.save(step)
+        return None
+
+    def save(self, step: int) -> Path:
+        """Write the state of ``step``; it appears under its final name only when complete."""
+        final = self.directory / f"step_{step:08d}"
+        tmp = self.directory / f".tmp-step_{step:08d}"
+        if self.accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.directory.mkdir(parents=True, exist_ok=True)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(tmp))
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            if self.live_dir is not None and self.live_dir.is_dir():
+                shutil.copytree(self.live_dir, tmp / LIVE_SUBDIR)
+            (self.directory / FINGERPRINT_FILE).write_text(json.dumps(self.fingerprint, indent=2), encoding="utf-8")
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            for _, old in self.checkpoints()[:-self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def clear(self) -> None:
+        """Delete all checkpoints (after the final model is saved)."""
+        if self.accelerator.is_main_process:
+            shutil.rmtree(self.directory, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+
+    def _fingerprint_matches(self) -> bool:
+        path = self.directory / FINGERPRINT_FILE
+        if not path.is_file():
+            return not self.checkpoints()
+        try:
+            return json.loads(path.read_text(encoding="utf-8")) == self.fingerprint
+        except json.JSONDecodeError:
+            return False
+
+
+# --------------------------------------------------------------------------- signals
+
+
+class GracefulStop:
+    """Within ``with``, SIGTERM and SIGINT ask the loop to stop at the next step.
+
+    The loop checks :meth:`should_stop` after each optimizer step, saves a
+    checkpoint and exits. A second signal stops at once (default handling).
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "GracefulStop":
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.requested:
+            signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+            signal.raise_signal(signum)
+            return
+        self.requested = True
+
+    def should_stop(self, accelerator: Accelerator | None = None) -> bool:
+        """True when any process got a signal (all processes agree, so they stop at the same step)."""
+        if accelerator is None or accelerator.num_processes == 1:
+            return self.requested
+        flag = torch.tensor([float(self.requested)], device=accelerator.device)
+        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+
+# --------------------------------------------------------------------------- logging
+
+
+def make_live(accelerator: Accelerator, directory: str | os.PathLike, *, resume: bool):
+    """A dvclive ``Live`` on the main process (``None`` on the others).
+
+    ``resume=True`` continues the history a :class:`Checkpointer` restored;
+    otherwise the directory's old metrics and plots are cleared. dvc.yaml
+    declares the metrics and plots itself, so dvclive writes no dvc.yaml and
+    saves no experiment of its own.
+    """
+    if not accelerator.is_main_process:
+        return None
+    from dvclive import Live
+
+    return Live(str(directory), resume=resume, dvcyaml=None, save_dvc_exp=False, report=None)
+
+
+def log_metrics(live, step: int, metrics: Mapping[str, float]) -> None:
+    """Log ``metrics`` at ``step`` and update ``metrics.json`` (no-op for ``live=None``)."""
+    if live is None:
+        return
+    live.step = step
+    for name, value in metrics.items():
+        live.log_metric(name, float(value))
+    live.make_summary()
+
+
+def log_image(live, step: int, name: str, image: np.ndarray) -> None:
+    """Write an RGB uint8 image under dvclive's ``plots/images/`` (the newest replaces the last)."""
+    if live is None:
+        return
+    live.step = step
+    live.log_image(name, image)
+
+
+class Throughput:
+    """Images per second over the last ``window`` seconds (all processes together)."""
+
+    def __init__(self, window: float = 10.0):
+        self.window = window
+        self._events: list[tuple[float, int]] = [(time.perf_counter(), 0)]
+
+    def update(self, images: int) -> float:
+        now = time.perf_counter()
+        self._events.append((now, images))
+        while len(self._events) > 2 and now - self._events[1][0] > self.window:
+            self._events.pop(0)
+        elapsed = now - self._events[0][0]
+        return sum(n for _, n in self._events[1:]) / elapsed if elapsed > 0 else 0.0
+
+
+def progress_bar(accelerator: Accelerator, *, total: int, initial: int = 0, desc: str = "train") -> tqdm:
+    """A tqdm bar over optimizer steps, shown by the main process only."""
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
+                disable=not accelerator.is_local_main_process)
+
+
+# --------------------------------------------------------------------------- final output
+
+
+def save_pretrained_atomic(accelerator: Accelerator, path: str | os.PathLike, model,
+                           subfolders: Mapping[str, Any] | None = None) -> None:
+    """``model.save_pretrained(path)`` (+ ``subfolders[name].save_pretrained(path/name)``), all or nothing.
+
+    Models are unwrapped from DDP/compile wrappers first; only the main process writes.
+    """
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        with atomic_path(path) as tmp:
+            accelerator.unwrap_model(model).save_pretrained(tmp)
+            for name, extra in (subfolders or {}).items():
+                accelerator.unwrap_model(extra).save_pretrained(tmp / name)
+    accelerator.wait_for_everyone()

@@ -1,0 +1,287 @@
+"""VQGAN stages and the shared training utilities (tiny models, 64x64 demo crops)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from diffusers import VQModel
+from safetensors.torch import load_file
+
+from dithead.datasets import FrameDataset, split_frames
+from dithead.store import list_clips
+from dithead.training import GracefulStop, StepSampler
+from dithead.vqgan import (LossWeights, NLayerDiscriminator, VQAutoencoder, build_vqmodel, downsample_factor,
+                           generator_loss)
+
+REPO = Path(__file__).resolve().parents[1]
+STAGE = REPO / "stages" / "train_vqgan.py"
+TINY = dict(channels=[8, 16, 16], layers_per_block=1, latent_channels=3, codebook_size=64, norm_groups=8)
+# Short runs that still cross the discriminator start and several checkpoints.
+RUN = dict(steps=40, disc_start=20, checkpoint_every=10, eval_every=10, image_every=20, log_every=10,
+           batch_size=4, val_frames=8, workers=0, perceptual_weight=0.0, mixed_precision="no")
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def write_params(root: Path, **vqgan) -> dict:
+    """params.yaml in ``root``: the project's defaults, the smoke profile, then ``vqgan`` overrides."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = _merge(params, yaml.safe_load((REPO / "profiles" / "smoke.yaml").read_text()))
+    params = _merge(params, {"vqgan": {**RUN, **vqgan}})
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return params
+
+
+def make_workdir(root: Path, processed_demo: Path, **vqgan) -> Path:
+    root.mkdir(parents=True)
+    (root / "data").mkdir()
+    (root / "data" / "processed").symlink_to(processed_demo / "data" / "processed")
+    write_params(root, **vqgan)
+    return root
+
+
+def run_stage(workdir: Path, monkeypatch, which: str = "gt") -> None:
+    """The stage's main() in ``workdir`` on one thread (the same arithmetic as a subprocess with OMP_NUM_THREADS=1)."""
+    main = _stage_module().main
+    threads = torch.get_num_threads()
+    monkeypatch.chdir(workdir)
+    torch.set_num_threads(1)
+    try:
+        main(["--which", which])
+    finally:
+        torch.set_num_threads(threads)
+        monkeypatch.chdir(REPO)
+
+
+def _stage_module():
+    spec = importlib.util.spec_from_file_location("train_vqgan_stage", STAGE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def metric_history(workdir: Path, name: str, which: str = "gt") -> list[tuple[int, float]]:
+    path = workdir / "dvclive" / f"train_vqgan_{which}" / "plots" / "metrics" / f"{name}.tsv"
+    rows = [line.split("\t") for line in path.read_text().splitlines()[1:]]
+    return [(int(step), float(value)) for step, value in rows]
+
+
+def checkpoint_steps(workdir: Path, which: str = "gt") -> list[int]:
+    directory = workdir / "checkpoints" / f"train_vqgan_{which}"
+    return sorted(int(p.name.split("_")[1]) for p in directory.glob("step_*")) if directory.is_dir() else []
+
+
+@pytest.fixture(scope="module")
+def reference_run(processed_demo, tmp_path_factory) -> Path:
+    """An uninterrupted smoke training of the ground-truth VQGAN."""
+    monkeypatch = pytest.MonkeyPatch()
+    workdir = make_workdir(tmp_path_factory.mktemp("vqgan") / "reference", processed_demo)
+    try:
+        run_stage(workdir, monkeypatch)
+    finally:
+        monkeypatch.undo()
+    return workdir
+
+
+# --------------------------------------------------------------------------- model
+
+
+def test_vqmodel_round_trips_through_save_pretrained(tmp_path):
+    torch.manual_seed(0)
+    model = build_vqmodel(image_size=64, **TINY).eval()
+    images = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        latents = model.encode(images).latents
+        before = model.decode(latents).sample
+    model.save_pretrained(tmp_path / "vq")
+    loaded = VQModel.from_pretrained(tmp_path / "vq").eval()
+    with torch.no_grad():
+        after = loaded.decode(loaded.encode(images).latents).sample
+    assert downsample_factor(loaded) == 4
+    assert latents.shape == (2, 3, 16, 16)
+    assert loaded.config.num_vq_embeddings == 64
+    torch.testing.assert_close(after, before)
+
+
+def test_generator_loss_trains_the_autoencoder_not_the_discriminator():
+    torch.manual_seed(0)
+    autoencoder = VQAutoencoder(build_vqmodel(image_size=64, **TINY))
+    discriminator = NLayerDiscriminator(channels=8, layers=2)
+    images = torch.rand(2, 3, 64, 64) * 2 - 1
+    reconstruction, codebook_loss, codes = autoencoder(images)
+    loss, logs = generator_loss(images, reconstruction, codebook_loss, weights=LossWeights(perceptual=0.0),
+                                perceptual=None, discriminator=discriminator, last_layer=autoencoder.last_layer)
+    loss.backward()
+    assert codes.shape == (2 * 16 * 16,)
+    assert {"l1", "codebook", "adversarial", "disc_weight"} <= set(logs)
+    assert all(p.grad is None for p in discriminator.parameters())
+    assert all(p.requires_grad for p in discriminator.parameters())
+    assert autoencoder.last_layer.grad is not None and autoencoder.vq.quantize.embedding.weight.grad is not None
+
+
+# --------------------------------------------------------------------------- data
+
+
+def test_frames_split_and_masked_dataset(processed_demo):
+    clips = list_clips(processed_demo / "data" / "processed")
+    train, val = split_frames(clips, 8)
+    assert len(val) == 8 and len(train) + len(val) == sum(int(np.sum(c.valid)) for c in clips)
+    assert not {tuple(r) for r in train} & {tuple(r) for r in val}
+    # The held-out frames are the tail of each clip.
+    for c, clip in enumerate(clips):
+        assert val[val[:, 0] == c][:, 1].min() > train[train[:, 0] == c][:, 1].max()
+
+    plain = FrameDataset(clips, masked=False, kernel_size=9, sigma=2.0, max_shift=2, seed=0, frames=train)
+    masked = FrameDataset(clips, masked=True, kernel_size=9, sigma=2.0, max_shift=2, seed=0, frames=train)
+    image, hidden = plain[0], masked[0]
+    assert image.shape == (3, 64, 64) and image.dtype == torch.float32
+    assert -1.0 <= float(image.min()) and float(image.max()) <= 1.0
+    # The mask blacks out (-1) part of the face and leaves the rest as it was.
+    blacked = (hidden <= -0.99).all(dim=0) & ~(image <= -0.99).all(dim=0)
+    assert 0.02 < float(blacked.float().mean()) < 0.6
+    assert float((hidden - image).abs().amax(dim=0).eq(0).float().mean()) > 0.3
+    # The same index is the same sample; the same frame in another epoch gets another shift.
+    torch.testing.assert_close(masked[5], masked[5])
+    shifts = {masked[5 + epoch * len(masked)].numpy().tobytes() for epoch in range(6)}
+    assert len(shifts) > 1
+
+
+def test_step_sampler_resumes_the_same_order_and_shards_processes():
+    def draws(sampler, n):
+        it = iter(sampler)
+        return [next(it) for _ in range(n)]
+
+    full = draws(StepSampler(10, batch_size=3, seed=1, gradient_accumulation_steps=2), 3 * 2 * 5)
+    resumed = draws(StepSampler(10, batch_size=3, seed=1, start_step=2, gradient_accumulation_steps=2), 3 * 2 * 3)
+    assert resumed == full[3 * 2 * 2:]
+    # Each epoch visits every item once.
+    assert sorted(i % 10 for i in full[:10]) == list(range(10))
+    assert sorted(i % 10 for i in full[10:20]) == list(range(10))
+    shards = [draws(StepSampler(10, batch_size=2, seed=1, num_processes=2, process_index=p), 10) for p in range(2)]
+    assert not set(shards[0]) & set(shards[1])
+
+
+def test_graceful_stop_turns_sigterm_into_a_request():
+    with GracefulStop() as stop:
+        assert not stop.should_stop()
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while not stop.requested and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert stop.should_stop()
+    assert signal.getsignal(signal.SIGTERM) != stop._handle
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def test_training_improves_held_out_psnr(reference_run):
+    psnr = metric_history(reference_run, "val/psnr")
+    assert [step for step, _ in psnr] == [10, 20, 30, 40]
+    assert psnr[-1][1] > psnr[0][1] + 1.0, psnr
+    summary = json.loads((reference_run / "dvclive" / "train_vqgan_gt" / "metrics.json").read_text())
+    assert summary["step"] == 40
+    assert 0 < summary["train"]["codebook_used"] <= 1 and summary["train"]["codebook_perplexity"] >= 1
+    assert "disc_loss" in summary["train"]  # the discriminator took part after disc_start
+    assert (reference_run / "dvclive" / "train_vqgan_gt" / "plots" / "images" / "reconstructions.png").is_file()
+    model = VQModel.from_pretrained(reference_run / "models" / "vqgan_gt")
+    assert model.config.sample_size == 64 and model.config.scaling_factor != 1.0
+    assert not (reference_run / "checkpoints" / "train_vqgan_gt").exists()  # cleared after the final save
+
+
+def test_interrupted_training_resumes_to_the_uninterrupted_result(reference_run, processed_demo, tmp_path,
+                                                                  monkeypatch):
+    workdir = make_workdir(tmp_path / "interrupted", processed_demo)
+
+    # 1. SIGTERM: the stage saves a checkpoint at the current step and exits with a message.
+    def send_sigterm_after_first_checkpoint():
+        while not checkpoint_steps(workdir):
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    sender = threading.Thread(target=send_sigterm_after_first_checkpoint, daemon=True)
+    sender.start()
+    with pytest.raises(SystemExit, match=r"interrupted at step (\d+)") as stopped:
+        run_stage(workdir, monkeypatch)
+    sender.join()
+    stopped_at = max(checkpoint_steps(workdir))
+    assert f"step {stopped_at};" in str(stopped.value) and 10 <= stopped_at < 40
+
+    # 2. SIGKILL (no chance to save) once a newer checkpoint exists.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    log = tmp_path / "stage.log"
+    with open(log, "wb") as output:
+        process = subprocess.Popen([sys.executable, str(STAGE), "--which", "gt"], cwd=workdir, env=env,
+                                   stdout=output, stderr=subprocess.STDOUT)
+        try:
+            while max(checkpoint_steps(workdir), default=0) <= stopped_at and process.poll() is None:
+                time.sleep(0.02)
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert process.returncode == -signal.SIGKILL, log.read_text()[-2000:]
+    assert not (workdir / "models" / "vqgan_gt").exists()
+
+    # 3. The same command again finishes the run.
+    run_stage(workdir, monkeypatch)
+    summary = json.loads((workdir / "dvclive" / "train_vqgan_gt" / "metrics.json").read_text())
+    assert summary["step"] == 40
+    assert [s for s, _ in metric_history(workdir, "val/psnr")] == [10, 20, 30, 40]
+    resumed = load_file(workdir / "models" / "vqgan_gt" / "diffusion_pytorch_model.safetensors")
+    reference = load_file(reference_run / "models" / "vqgan_gt" / "diffusion_pytorch_model.safetensors")
+    assert resumed.keys() == reference.keys()
+    for name in reference:
+        torch.testing.assert_close(resumed[name], reference[name], rtol=1e-4, atol=1e-5, msg=name)
+    np.testing.assert_allclose([v for _, v in metric_history(workdir, "val/psnr")],
+                               [v for _, v in metric_history(reference_run, "val/psnr")], rtol=1e-4)
+
+
+def test_perceptual_loss_without_lpips_weights_fails_before_training(processed_demo, tmp_path, monkeypatch):
+    workdir = make_workdir(tmp_path / "no_lpips", processed_demo, perceptual_weight=0.5)
+    with pytest.raises(SystemExit, match=r"vqgan.perceptual_weight is 0.5.*weights.lpips_backbone is empty"):
+        run_stage(workdir, monkeypatch)
+    from dithead.lpips import random_checkpoints
+
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    params["weights"].update(lpips_backbone=str(tmp_path / "alexnet.pth"), lpips_linear=str(tmp_path / "missing.pth"))
+    torch.save(random_checkpoints()[0], tmp_path / "alexnet.pth")
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(SystemExit, match=r"weights.lpips_linear points to .*missing.pth"):
+        run_stage(workdir, monkeypatch)
+    assert not (workdir / "checkpoints").exists() and not (workdir / "dvclive").exists()
+
+
+def test_perceptual_loss_runs_with_a_random_lpips_backbone(processed_demo, tmp_path, monkeypatch):
+    from dithead.lpips import random_checkpoints
+
+    backbone, linear = random_checkpoints(seed=0)
+    torch.save(backbone, tmp_path / "alexnet.pth")
+    torch.save(linear, tmp_path / "alex_linear.pth")
+    workdir = make_workdir(tmp_path / "lpips", processed_demo, perceptual_weight=1.0, steps=2, disc_start=1,
+                           checkpoint_every=0, eval_every=2, image_every=2, log_every=1)
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    params["weights"].update(lpips_backbone=str(tmp_path / "alexnet.pth"), lpips_linear=str(tmp_path / "alex_linear.pth"))
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    run_stage(workdir, monkeypatch, which="masked")
+    perceptual = metric_history(workdir, "train/perceptual", which="masked")
+    assert [s for s, _ in perceptual] == [1, 2] and all(np.isfinite(v) and v > 0 for _, v in perceptual)
+    assert (workdir / "models" / "vqgan_masked" / "config.json").is_file()
