@@ -51,6 +51,15 @@ def set_args(overrides: dict[str, Any]) -> list[str]:
     return args
 
 
+def _keep_string(value: Any) -> Any:
+    """Quote strings that YAML 1.1 readers (PyYAML, DVC) would read as something else, e.g. ``no``."""
+    from ruamel.yaml.scalarstring import DoubleQuotedScalarString
+
+    if isinstance(value, str) and yaml.safe_load(value) != value:
+        return DoubleQuotedScalarString(value)
+    return value
+
+
 def apply_profile(name: str, params_path: str | os.PathLike = PARAMS_FILE,
                   profiles_dir: str | os.PathLike = PROFILES_DIR) -> list[str]:
     """Write a profile's values into params.yaml, keeping its comments and order.
@@ -74,7 +83,7 @@ def apply_profile(name: str, params_path: str | os.PathLike = PARAMS_FILE,
             node = node[part]
         if leaf not in node:
             raise KeyError(f"profile '{name}': {dotted} is not a key of {params_path}")
-        node[leaf] = value
+        node[leaf] = _keep_string(value)
         changed.append(dotted)
     tmp = Path(f"{params_path}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:

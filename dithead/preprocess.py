@@ -144,11 +144,23 @@ def _track_and_crop(video: Path, out: Path, cfg: PreprocessConfig, total: int | 
             "source_index": np.asarray(source_index, np.int32)}
 
 
+IDENTITY_SEPARATOR = "__"
+
+
+def clip_identity(name: str) -> str:
+    """The person in a clip, from its name: ``<identity>__<anything>`` (e.g. ``WRA_Obama__03``), else the name.
+
+    Several clips of one person must share an identity so that the train /
+    validation split never puts the same person on both sides.
+    """
+    return name.split(IDENTITY_SEPARATOR, 1)[0] if IDENTITY_SEPARATOR in name else name
+
+
 def _meta(name, video, audio, info, sound, cfg, n_frames, valid, padded) -> dict:
     missing = np.nonzero(~valid)[0]
     return {
         "name": name,
-        "identity": name,
+        "identity": clip_identity(name),
         "source": {"video": str(video), "audio": str(audio) if audio else str(video),
                    "width": info.width, "height": info.height, "fps": info.fps, "codec": info.codec,
                    "frames": info.n_frames, "duration": info.duration},

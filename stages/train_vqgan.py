@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from dithead.params import load_params
+from dithead.split import split_by_identity, training_clips
 from dithead.store import list_clips
 from dithead.training import TrainingInterrupted
 from dithead.vqgan import VQGANTrainingConfig, train_vqgan
@@ -66,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     if not PROCESSED.is_dir() or not (clips := list_clips(PROCESSED)):
         raise SystemExit(f"{stage}: no preprocessed clips in {PROCESSED} (run the preprocess stage first)")
     try:
+        # Held-out identities are never trained on (paper 4.1: unseen identities).
+        split = split_by_identity(clips, params["split"]["val_identities"], params["split"]["val_identity_count"],
+                                  params["seed"])
+        clips = training_clips(clips, split)
         metrics = train_vqgan(clips, config, output_dir=Path("models") / f"vqgan_{which}",
                               checkpoint_dir=Path("checkpoints") / stage, live_dir=Path("dvclive") / stage,
                               perceptual=perceptual)

@@ -33,7 +33,7 @@ def test_data_stages_on_demo_clips(smoke_project):
         assert feats.shape == (len(clip), features["dim"])
         assert (smoke_project / "metrics" / "preview" / f"{clip.name}.png").is_file()
     # Nothing changed: DVC runs nothing again.
-    status = run_cli(["dvc", "status"], smoke_project).stdout
+    status = run_cli(["dvc", "status", "extract_audio_features"], smoke_project).stdout
     assert "up to date" in status
 
 

@@ -228,3 +228,10 @@ def test_box_smoother_averages_valid_neighbours_in_order():
     out += smoother.flush()
     assert [f.index for f, _ in out] == list(range(7))
     assert [float(b[2]) for _, b in out] == [2.0, 2.0, 3.0, 4.0, 5.0, 6.0, 6.0]
+
+
+def test_identity_comes_from_the_name_prefix():
+    from dithead.preprocess import clip_identity
+
+    assert clip_identity("WRA_Obama__03") == "WRA_Obama"
+    assert clip_identity("astronaut") == "astronaut"

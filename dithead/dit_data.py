@@ -1,0 +1,281 @@
+"""Training data of the DiT (paper 3.3): which clips, which frames, which latents.
+
+A training item is one frame k of a clip:
+
+* its ground-truth latent (the diffusion target),
+* a reference latent: another frame of the same clip at least
+  ``min_ref_distance`` frames away (``pick_reference_frame``; inference picks
+  the first frame's reference by the same rule),
+* the frame with its lower face masked, the mask moved by a random shift
+  (paper 3.6), still as pixels: the masked VQGAN encodes it on the GPU, since a
+  new shift every time means a new latent every time,
+* the audio window of frame k (``dithead.features.audio_windows``).
+
+Ground-truth and reference latents never change (no augmentation touches
+them), so they are encoded once by ``precompute_latents`` into a cache of
+memory-mapped arrays and read from there; ``bench/dit.py`` measures what that
+saves.
+
+Clips are split by identity: every clip of a validation identity is left out
+of training. The identity is meta.json's ``identity`` when present, else the
+clip name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from dithead.features import audio_windows
+from dithead.fileio import atomic_path
+from dithead.mask import apply_mask, lower_face_mask, random_shift
+from dithead.store import ProcessedClip
+
+LATENT_DTYPE = np.float16   # half the disk and page cache of float32; far below the diffusion noise
+
+
+# --------------------------------------------------------------------------- identity split
+
+
+# --------------------------------------------------------------------------- arrays on disk
+
+
+class LazyArrays:
+    """Per-clip ``.npy`` arrays, memory-mapped on first use in each process (picklable)."""
+
+    def __init__(self, paths: Mapping[str, str | os.PathLike]):
+        self.paths = {name: Path(path) for name, path in paths.items()}
+        self._open: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._open:
+            self._open[name] = np.load(self.paths[name], mmap_mode="r")
+        return self._open[name]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_open": {}}
+
+
+def audio_feature_paths(clips: Sequence[ProcessedClip], features_dir: str | os.PathLike) -> tuple[dict[str, Path], int]:
+    """``{clip: data/features/<clip>.npy}`` and the feature size D; checks one row per video frame."""
+    paths, dims = {}, {}
+    for clip in clips:
+        path = Path(features_dir) / f"{clip.name}.npy"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no audio features for clip '{clip.name}' (run extract_audio_features)")
+        features = np.load(path, mmap_mode="r")
+        if features.ndim != 2 or len(features) != len(clip):
+            raise ValueError(f"{path}: audio features are {features.shape}, expected ({len(clip)}, D): "
+                             f"one row per frame of clip '{clip.name}'")
+        paths[clip.name], dims[clip.name] = path, features.shape[1]
+    if len(set(dims.values())) > 1:
+        raise ValueError(f"audio feature sizes differ between clips: {dims}; extract them with one encoder")
+    if not dims:
+        raise ValueError("no clips")
+    return paths, next(iter(dims.values()))
+
+
+# --------------------------------------------------------------------------- latents
+
+
+def images_to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float in [-1, 1], the VQGANs' input range."""
+    return images.float().div(127.5).sub(1.0)
+
+
+@torch.no_grad()
+def encode_latents(vq, images: torch.Tensor) -> torch.Tensor:
+    """Latents the DiT works on: the VQGAN encoder's output times its ``scaling_factor``.
+
+    Not quantised: the DiT learns the continuous encoder output, as LDM trains
+    on VQ models, and the ground-truth decoder quantises what the DiT generates
+    (``VQModel.decode`` does by default), snapping small errors onto the codebook.
+    ``images``: uint8 or [-1, 1] float (B, 3, H, W).
+    """
+    if images.dtype == torch.uint8:
+        images = images_to_unit(images)
+    return vq.encode(images).latents * vq.config.scaling_factor
+
+
+@torch.no_grad()
+def decode_latents(vq, latents: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``encode_latents`` through the (quantising) decoder: images in [-1, 1]."""
+    return vq.decode(latents / vq.config.scaling_factor).sample.clamp(-1, 1)
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's config and weights: a cache made with other weights is stale."""
+    digest = hashlib.sha256(json.dumps(dict(getattr(model, "config", {})), sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def clip_fingerprint(clip: ProcessedClip) -> str:
+    """SHA-256 of a clip's crop index and face flags (cheap, and changes whenever preprocessing does)."""
+    digest = hashlib.sha256()
+    for name in ("crops.idx.npy", "valid.npy"):
+        digest.update((clip.directory / name).read_bytes())
+    digest.update(str((clip.directory / "crops.bin").stat().st_size).encode())
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def precompute_latents(vq, clips: Sequence[ProcessedClip], cache_dir: str | os.PathLike, *, batch_size: int = 32,
+                       accelerator=None) -> dict[str, Path]:
+    """Encode every frame with a face once; returns ``{clip: cache_dir/<clip>.npy}``.
+
+    Each file is (N, C, h, w) float16, row k = frame k (zeros where no face).
+    A clip whose cache was made by the same weights from the same crops is not
+    encoded again. With an ``accelerate.Accelerator``, processes share the work
+    and encode under its mixed precision.
+    """
+    cache_dir = Path(cache_dir)
+    model_key = model_fingerprint(vq)
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    is_main = rank == 0
+    device = next(vq.parameters()).device
+    paths = {}
+    for clip in tqdm(clips, desc="ground-truth latents", unit="clip", disable=not is_main):
+        path, key_path = cache_dir / f"{clip.name}.npy", cache_dir / f"{clip.name}.json"
+        key = {"model": model_key, "clip": clip_fingerprint(clip)}
+        paths[clip.name] = path
+        if path.is_file() and key_path.is_file() and json.loads(key_path.read_text(encoding="utf-8")) == key:
+            continue
+        frames = np.flatnonzero(np.asarray(clip.valid))
+        if len(frames) == 0:
+            raise ValueError(f"clip '{clip.name}' has no frame with a face")
+        probe = encode_latents(vq, torch.from_numpy(clip.crops(frames[:1])).permute(0, 3, 1, 2).to(device))
+        tmp = cache_dir / f".{clip.name}.npy.tmp"
+        if is_main:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            np.lib.format.open_memmap(tmp, mode="w+", dtype=LATENT_DTYPE, shape=(len(clip), *probe.shape[1:])).flush()
+        _barrier(accelerator)
+        out = np.load(tmp, mmap_mode="r+")
+        for start in range(rank * batch_size, len(frames), world * batch_size):
+            rows = frames[start:start + batch_size]
+            images = torch.from_numpy(clip.crops(rows)).permute(0, 3, 1, 2).to(device)
+            with accelerator.autocast() if accelerator else contextlib.nullcontext():
+                out[rows] = encode_latents(vq, images).float().cpu().numpy().astype(LATENT_DTYPE)
+        out.flush()
+        del out
+        _barrier(accelerator)
+        if is_main:
+            os.replace(tmp, path)
+            with atomic_path(key_path) as key_tmp:
+                key_tmp.write_text(json.dumps(key), encoding="utf-8")
+        _barrier(accelerator)
+    return paths
+
+
+def _barrier(accelerator) -> None:
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+def pick_reference_frame(valid: np.ndarray, target: int, rng: np.random.Generator, min_distance: int = 60) -> int:
+    """A random frame with a face at least ``min_distance`` frames from ``target`` (paper 3.3);
+    in a clip too short for that, the farthest frame with a face."""
+    candidates = np.flatnonzero(np.asarray(valid, dtype=bool))
+    if len(candidates) == 0:
+        raise ValueError("the clip has no frame with a face to use as reference")
+    far = candidates[np.abs(candidates - target) >= min_distance]
+    if len(far):
+        return int(rng.choice(far))
+    return int(candidates[np.argmax(np.abs(candidates - target))])
+
+
+@dataclass
+class MaskSettings:
+    """The lower-face mask of ``dithead.mask`` (the ``mask:`` params)."""
+
+    kernel_size: int = 31
+    sigma: float = 8.0
+    max_shift: int = 4
+
+
+class DiTDataset(Dataset):
+    """Training or validation items of the DiT (see the module docstring).
+
+    ``frames``: (M, 2) rows (clip index, frame index) of target frames with a
+    face. Index ``i`` may exceed the length (``dithead.training.StepSampler``):
+    it reads row ``i % M`` and draws the reference frame and the mask shift
+    from ``(seed, i)``, so an item is the same in every run and worker, and
+    differs between epochs. Items are dicts of tensors:
+    ``latent``, ``reference`` (C, h, w) float32; ``masked`` (3, H, W) uint8;
+    ``audio`` (audio_window, D) float32; ``clip``, ``frame``, ``reference_frame`` int.
+    """
+
+    def __init__(self, clips: Sequence[ProcessedClip], frames: np.ndarray, latents: LazyArrays,
+                 features: LazyArrays, *, mask: MaskSettings, min_ref_distance: int = 60,
+                 audio_window: int = 11, seed: int = 0):
+        self.clips = list(clips)
+        self.frames = np.asarray(frames, dtype=np.int64).reshape(-1, 2)
+        if len(self.frames) == 0:
+            raise ValueError("DiTDataset: no frames to read")
+        self.latents = latents
+        self.features = features
+        self.mask = mask
+        self.min_ref_distance = min_ref_distance
+        self.audio_window = audio_window
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        clip_index, frame = (int(v) for v in self.frames[index % len(self.frames)])
+        clip = self.clips[clip_index]
+        rng = np.random.default_rng([self.seed, index])
+        reference = pick_reference_frame(clip.valid, frame, rng, self.min_ref_distance)
+        shift = random_shift(rng, self.mask.max_shift) if self.mask.max_shift > 0 else (0, 0)
+        image = clip.crop(frame)
+        mask = lower_face_mask(np.asarray(clip.landmarks[frame]), image.shape[:2], self.mask.kernel_size,
+                               self.mask.sigma, shift=shift)
+        latents = self.latents[clip.name]
+        return {
+            "latent": torch.from_numpy(latents[frame].astype(np.float32)),
+            "reference": torch.from_numpy(latents[reference].astype(np.float32)),
+            "masked": torch.from_numpy(apply_mask(image, mask)).permute(2, 0, 1).contiguous(),
+            "audio": torch.from_numpy(audio_windows(self.features[clip.name], [frame], self.audio_window)[0]),
+            "clip": torch.tensor(clip_index),
+            "frame": torch.tensor(frame),
+            "reference_frame": torch.tensor(reference),
+        }
+
+
+def target_frames(clips: Sequence[ProcessedClip], names: Sequence[str]) -> np.ndarray:
+    """(M, 2) rows (clip index, frame) of every frame with a face in the clips called ``names``."""
+    wanted = set(names)
+    rows = [np.stack([np.full(len(idx), c), idx], axis=1)
+            for c, clip in enumerate(clips) if clip.name in wanted
+            and len(idx := np.flatnonzero(np.asarray(clip.valid)))]
+    return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 2), dtype=np.int64)
+
+
+def evenly_spaced(rows: np.ndarray, count: int) -> np.ndarray:
+    """``count`` rows spread over ``rows`` (all of them when there are fewer)."""
+    if count >= len(rows):
+        return rows
+    return rows[np.linspace(0, len(rows) - 1, count).round().astype(np.int64)]

@@ -1,0 +1,320 @@
+"""Training of the DiT (paper 3.3, 3.6) with the frozen VQGAN encoders.
+
+Diffusion as in ADM (``dithead.dit.make_noise_scheduler``), epsilon
+prediction and MSE, AdamW at a constant learning rate, an EMA of the weights
+(diffusers ``EMAModel``). Distributed training and mixed precision are
+``accelerate``'s; checkpoints, resume, signals and logging are
+``dithead.training``'s, as for the VQGANs.
+
+The output directory holds the raw weights (``save_pretrained``), the EMA
+weights in ``ema/``, the training noise schedule in ``scheduler/`` and the
+identity split in ``split.json`` (which clips are held out).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, VQModel
+from diffusers.training_utils import EMAModel
+
+from dithead.datasets import tensor_to_image
+from dithead.dit import DiTHead, diffusion_loss, dit_config, make_noise_scheduler
+from dithead.dit_data import (DiTDataset, LazyArrays, MaskSettings, audio_feature_paths, clip_fingerprint,
+                              decode_latents, encode_latents, evenly_spaced, file_sha256, model_fingerprint,
+                              precompute_latents, target_frames)
+from dithead.fileio import atomic_path
+from dithead.split import IdentitySplit, split_by_identity
+from dithead.store import ProcessedClip
+from dithead.training import (Checkpointer, GracefulStop, Throughput, TrainingInterrupted, log_image, log_metrics,
+                              make_accelerator, make_dataloader, make_live, progress_bar)
+
+SPLIT_FILE = "split.json"
+
+
+@dataclass
+class DiTTrainingConfig:
+    """Everything one DiT training run depends on (the ``dit:`` params plus mask and seed)."""
+
+    seed: int = 0
+    mask_kernel_size: int = 31
+    mask_sigma: float = 8.0
+    mask_max_shift: int = 4
+    # model: a preset of DIT_PRESETS, optionally resized (None keeps the preset's value)
+    preset: str = "DiT-L/2"
+    depth: int | None = None
+    hidden_size: int | None = None
+    num_heads: int | None = None
+    adaln: bool = False
+    gradient_checkpointing: bool = False
+    # data
+    audio_window: int = 11
+    min_ref_distance: int = 60
+    val_identities: list[str] = field(default_factory=list)
+    val_identity_count: int = 1
+    val_samples: int = 64
+    # diffusion and optimisation
+    diffusion_steps: int = 1000
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0
+    batch_size: int = 32                # per process and micro-step
+    gradient_accumulation: int = 1
+    steps: int = 400_000
+    ema_decay: float = 0.9999
+    mixed_precision: str = "auto"
+    # bookkeeping
+    log_every: int = 100
+    val_every: int = 5000
+    sample_every: int = 5000
+    sample_count: int = 4
+    sample_steps: int = 50
+    checkpoint_every: int = 5000
+    workers: int = 4
+    latent_batch_size: int = 64
+
+
+@dataclass
+class _Data:
+    train: DiTDataset
+    validation: DiTDataset | None
+    split: IdentitySplit
+    audio_dim: int
+    latent_shape: tuple[int, int, int]
+
+
+def _prepare_data(clips: Sequence[ProcessedClip], config: DiTTrainingConfig, features_dir: Path,
+                  vq_gt: VQModel, latent_cache_dir: Path, accelerator) -> _Data:
+    split = split_by_identity(clips, config.val_identities, config.val_identity_count, config.seed)
+    feature_paths, audio_dim = audio_feature_paths(clips, features_dir)
+    latent_paths = precompute_latents(vq_gt, clips, latent_cache_dir, batch_size=config.latent_batch_size,
+                                      accelerator=accelerator)
+    latents, features = LazyArrays(latent_paths), LazyArrays(feature_paths)
+    common = dict(latents=latents, features=features, min_ref_distance=config.min_ref_distance,
+                  audio_window=config.audio_window, seed=config.seed)
+    mask = MaskSettings(config.mask_kernel_size, config.mask_sigma, config.mask_max_shift)
+    train_rows = target_frames(clips, split.train)
+    if len(train_rows) == 0:
+        raise ValueError(f"no frames with a face in the training clips {split.train}")
+    train = DiTDataset(clips, train_rows, mask=mask, **common)
+    val_rows = evenly_spaced(target_frames(clips, split.validation), config.val_samples)
+    # Validation items are fixed: no mask shift, references drawn from the seed.
+    validation = DiTDataset(clips, val_rows, mask=MaskSettings(mask.kernel_size, mask.sigma, 0),
+                            **common) if len(val_rows) else None
+    latent_shape = tuple(latents[clips[0].name].shape[1:])
+    return _Data(train, validation, split, audio_dim, latent_shape)
+
+
+def build_model(config: DiTTrainingConfig, latent_shape: tuple[int, int, int], audio_dim: int) -> DiTHead:
+    channels, height, width = latent_shape
+    if height != width:
+        raise ValueError(f"latents are {height}x{width}; the DiT expects square latents")
+    model = DiTHead(**dit_config(config.preset, depth=config.depth, hidden_size=config.hidden_size,
+                                 num_heads=config.num_heads, sample_size=height, latent_channels=channels,
+                                 audio_dim=audio_dim, audio_window=config.audio_window, adaln=config.adaln))
+    if config.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    return model
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {name: value.to(device, non_blocking=True) for name, value in batch.items()}
+
+
+def _conditions(batch: dict[str, torch.Tensor], vq_masked: VQModel, autocast) -> dict[str, torch.Tensor]:
+    """The model's inputs from a dataset batch; masked frames are encoded here (new mask shift each time)."""
+    with autocast():
+        masked = encode_latents(vq_masked, batch["masked"]).float()
+    return dict(latents=batch["latent"], masked=masked, reference=batch["reference"], audio=batch["audio"])
+
+
+def _collate(dataset: DiTDataset, first: int, stop: int) -> dict[str, torch.Tensor]:
+    items = [dataset[i] for i in range(first, stop)]
+    return {name: torch.stack([item[name] for item in items]) for name in items[0]}
+
+
+@torch.no_grad()
+def validation_loss(model: DiTHead, scheduler, dataset: DiTDataset, vq_masked: VQModel, *, batch_size: int,
+                    seed: int, device: torch.device, autocast) -> float:
+    """Mean diffusion loss over ``dataset`` with noise and steps fixed by ``seed``: comparable across steps."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for first in range(0, len(dataset), batch_size):
+        stop = min(first + batch_size, len(dataset))
+        batch = _to_device(_collate(dataset, first, stop), device)
+        inputs = _conditions(batch, vq_masked, autocast)
+        g = torch.Generator().manual_seed(seed * 1_000_003 + first)
+        noise = torch.randn(inputs["latents"].shape, generator=g).to(device)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (stop - first,), generator=g).to(device)
+        with autocast():
+            loss = diffusion_loss(model, scheduler, **inputs, noise=noise, timesteps=timesteps)
+        total += float(loss) * (stop - first)
+        count += stop - first
+    model.train(was_training)
+    return total / count
+
+
+@torch.no_grad()
+def preview_grid(model: DiTHead, train_scheduler, dataset: DiTDataset, vq_masked: VQModel, vq_gt: VQModel, *,
+                 count: int, steps: int, seed: int, device: torch.device, autocast) -> np.ndarray:
+    """Rows: ground truth | masked input | generated (DDIM, ``steps`` steps), for the first ``count`` items."""
+    was_training = model.training
+    model.eval()
+    batch = _to_device(_collate(dataset, 0, min(count, len(dataset))), device)
+    inputs = _conditions(batch, vq_masked, autocast)
+    # Latents are not bounded like pixels: no clipping of the predicted clean latent.
+    ddim = DDIMScheduler.from_config(train_scheduler.config, clip_sample=False)
+    ddim.set_timesteps(steps)
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(inputs["latents"].shape, generator=g).to(device) * ddim.init_noise_sigma
+    for t in ddim.timesteps:
+        with autocast():
+            eps = model(sample=z, masked=inputs["masked"], reference=inputs["reference"], audio=inputs["audio"],
+                        timestep=t.to(device)).sample
+        z = ddim.step(eps.float(), t, z).prev_sample
+    with autocast():
+        generated = decode_latents(vq_gt, z).float()
+    clips = dataset.clips
+    truth = np.stack([clips[int(c)].crop(int(f)) for c, f in zip(batch["clip"], batch["frame"])])
+    masked = batch["masked"].permute(0, 2, 3, 1).cpu().numpy()
+    rows = [truth, masked, tensor_to_image(generated)]
+    model.train(was_training)
+    return np.concatenate([np.concatenate(list(row), axis=1) for row in rows], axis=0)
+
+
+def train_dit(clips: Sequence[ProcessedClip], config: DiTTrainingConfig, *, features_dir: str | Path,
+              vq_masked: VQModel, vq_gt: VQModel, output_dir: str | Path, checkpoint_dir: str | Path,
+              live_dir: str | Path, latent_cache_dir: str | Path) -> dict[str, float]:
+    """Train the DiT on ``clips`` (audio features in ``features_dir``) and save it to ``output_dir``.
+
+    The VQGANs stay frozen. Ground-truth latents are cached in
+    ``latent_cache_dir`` (reused by later runs with the same VQGAN and data).
+    Resumes from ``checkpoint_dir`` when it holds a checkpoint of the same run;
+    logs to dvclive in ``live_dir``. Returns the final validation losses.
+    Raises ``TrainingInterrupted`` after saving a checkpoint when SIGTERM/SIGINT arrives.
+    """
+    accelerator = make_accelerator(mixed_precision=config.mixed_precision,
+                                   gradient_accumulation_steps=config.gradient_accumulation, seed=config.seed)
+    device = accelerator.device
+    vq_masked = vq_masked.to(device).eval().requires_grad_(False)
+    vq_gt = vq_gt.to(device).eval().requires_grad_(False)
+    data = _prepare_data(clips, config, Path(features_dir), vq_gt, Path(latent_cache_dir), accelerator)
+
+    scheduler = make_noise_scheduler(config.diffusion_steps)
+    model = build_model(config, data.latent_shape, data.audio_dim)
+    ema = EMAModel(model.parameters(), decay=config.ema_decay, foreach=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(ema)
+
+    # A run resumes only from checkpoints of the same parameters, data and VQGAN weights.
+    fingerprint = {"config": asdict(config),
+                   "data": {clip.name: [clip_fingerprint(clip), file_sha256(data.train.features.paths[clip.name])]
+                            for clip in clips},
+                   "vqgan": [model_fingerprint(vq_masked), model_fingerprint(vq_gt)]}
+    checkpointer = Checkpointer(accelerator, checkpoint_dir, every=config.checkpoint_every,
+                                fingerprint=fingerprint, live_dir=live_dir)
+    start = checkpointer.resume()
+    ema.to(device)                    # a resumed EMA state is loaded on the CPU
+    live = make_live(accelerator, live_dir, resume=start > 0)
+    batches = iter(make_dataloader(data.train, batch_size=config.batch_size, accelerator=accelerator,
+                                   seed=config.seed, start_step=start, workers=config.workers))
+    plain_model = accelerator.unwrap_model(model)
+    throughput = Throughput()
+    samples_per_step = config.batch_size * config.gradient_accumulation * accelerator.num_processes
+    evaluation = dict(vq_masked=vq_masked, device=device, autocast=accelerator.autocast)
+
+    def validate(step: int, with_images: bool) -> dict[str, float]:
+        metrics = {}
+        if accelerator.is_main_process and data.validation is not None:
+            metrics["val/loss"] = validation_loss(plain_model, scheduler, data.validation, batch_size=config.batch_size,
+                                                  seed=config.seed, **evaluation)
+            with ema_weights(ema, plain_model):
+                metrics["val/loss_ema"] = validation_loss(plain_model, scheduler, data.validation,
+                                                          batch_size=config.batch_size, seed=config.seed, **evaluation)
+                if with_images:
+                    grid = preview_grid(plain_model, scheduler, data.validation, vq_gt=vq_gt, count=config.sample_count,
+                                        steps=config.sample_steps, seed=config.seed, **evaluation)
+                    log_image(live, step, "samples.png", grid)
+            log_metrics(live, step, metrics)
+        accelerator.wait_for_everyone()
+        return metrics
+
+    running = torch.zeros((), device=device)
+    running_count = 0
+    with GracefulStop() as stop, progress_bar(accelerator, total=config.steps, initial=start, desc="dit") as bar:
+        for step in range(start + 1, config.steps + 1):
+            for micro_step in range(config.gradient_accumulation):
+                batch = _to_device(next(batches), device)
+                inputs = _conditions(batch, vq_masked, accelerator.autocast)
+                noise_rng = step_generator(config.seed, step, micro_step, accelerator.process_index, device)
+                with accelerator.accumulate(model), accelerator.autocast():
+                    loss = diffusion_loss(model, scheduler, **inputs, generator=noise_rng)
+                    accelerator.backward(loss)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                running += loss.detach()
+                running_count += 1
+            ema.step(plain_model.parameters())
+
+            rate = throughput.update(samples_per_step)
+            bar.update(1)
+            if step % config.log_every == 0 or step == config.steps:
+                mean_loss = float(accelerator.reduce(running / running_count, reduction="mean"))
+                running.zero_()
+                running_count = 0
+                bar.set_postfix(loss=f"{mean_loss:.4f}", samples_s=f"{rate:.1f}")
+                log_metrics(live, step, {"train/loss": mean_loss, "train/samples_per_s": rate})
+            if step != config.steps and (step % config.val_every == 0 or step % config.sample_every == 0):
+                validate(step, with_images=step % config.sample_every == 0)
+            saved = checkpointer.maybe_save(step)
+            if stop.should_stop(accelerator) and step != config.steps:
+                raise TrainingInterrupted(step, saved or checkpointer.save(step))
+
+    final = validate(config.steps, with_images=True)
+    save_dit(accelerator, output_dir, plain_model, ema, scheduler, data.split)
+    if live is not None:
+        live.end()
+    checkpointer.clear()
+    return final
+
+
+def step_generator(seed: int, step: int, micro_step: int, process_index: int, device: torch.device) -> torch.Generator:
+    """The noise and diffusion steps of one micro-batch, a pure function of where it is in the run:
+    a resumed run draws exactly what an uninterrupted one would have."""
+    state = np.random.SeedSequence([seed, step, micro_step, process_index]).generate_state(1, dtype=np.uint64)
+    return torch.Generator(device).manual_seed(int(state[0]) >> 1)
+
+
+@contextlib.contextmanager
+def ema_weights(ema: EMAModel, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Within ``with``, ``model`` carries the EMA weights; its own come back afterwards."""
+    ema.store(model.parameters())
+    ema.copy_to(model.parameters())
+    try:
+        yield model
+    finally:
+        ema.restore(model.parameters())
+
+
+def save_dit(accelerator, output_dir: str | Path, model: DiTHead, ema: EMAModel, scheduler,
+             split: IdentitySplit) -> None:
+    """Write raw weights, ``ema/``, ``scheduler/`` and ``split.json`` to ``output_dir``, all or nothing."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        # A fresh model with the EMA weights: its config.json is the DiT's own,
+        # without the EMA bookkeeping EMAModel.save_pretrained would add.
+        ema_model = DiTHead.from_config(model.config)
+        ema.copy_to(ema_model.parameters())
+        with atomic_path(output_dir) as tmp:
+            model.save_pretrained(tmp)
+            ema_model.save_pretrained(tmp / "ema")
+            scheduler.save_pretrained(tmp / "scheduler")
+            (tmp / SPLIT_FILE).write_text(json.dumps(split.to_json(), indent=2) + "\n", encoding="utf-8")
+    accelerator.wait_for_everyone()

@@ -1,0 +1,526 @@
+"""The DiT (dithead.dit), its data (dithead.dit_data) and the train_dit stage (tiny models, 64x64 demo crops)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+from diffusers import VQModel
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+from safetensors.torch import load_file
+from torch.utils.flop_counter import FlopCounterMode
+
+from dithead.dit import DIT_PRESETS, DiTHead, diffusion_loss, dit_config, forward_flops, make_noise_scheduler
+from dithead.dit_data import (DiTDataset, LazyArrays, MaskSettings, audio_feature_paths, encode_latents,
+                              pick_reference_frame, precompute_latents, target_frames)
+from dithead.split import split_by_identity
+from dithead.features import audio_windows
+from dithead.mask import apply_mask, lower_face_mask
+from dithead.store import list_clips
+from dithead.vqgan import build_vqmodel
+
+REPO = Path(__file__).resolve().parents[1]
+STAGE = REPO / "stages" / "train_dit.py"
+AUDIO_DIM = 8
+TINY = dict(depth=2, hidden_size=32, num_heads=4, audio_dim=AUDIO_DIM)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_model(sample_size: int = 8, patch: int = 2, adaln: bool = False, seed: int = 0) -> DiTHead:
+    """A tiny DiT whose output layer is random: a fresh DiT predicts exactly zero
+    (DiT zero-initialises that layer), which would hide any dependence on the inputs."""
+    torch.manual_seed(seed)
+    model = DiTHead(**dit_config(f"DiT-S/{patch}", **TINY, sample_size=sample_size, adaln=adaln)).eval()
+    torch.nn.init.normal_(model.proj_out.weight, std=0.5)
+    return model
+
+
+def inputs(batch: int = 2, size: int = 8, seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    latent = lambda: torch.randn(batch, 3, size, size, generator=g)  # noqa: E731
+    return dict(sample=latent(), masked=latent(), reference=latent(),
+                audio=torch.randn(batch, 11, AUDIO_DIM, generator=g),
+                timestep=torch.randint(0, 1000, (batch,), generator=g))
+
+
+def predict(model: DiTHead, **kwargs) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**kwargs).sample
+
+
+def test_presets_match_facebookresearch_dit():
+    assert len(DIT_PRESETS) == 12
+    assert DIT_PRESETS["DiT-S/8"] == dict(depth=12, hidden_size=384, num_heads=6, patch_size=8)
+    assert DIT_PRESETS["DiT-B/4"] == dict(depth=12, hidden_size=768, num_heads=12, patch_size=4)
+    assert DIT_PRESETS["DiT-L/2"] == dict(depth=24, hidden_size=1024, num_heads=16, patch_size=2)  # the paper's
+    assert DIT_PRESETS["DiT-XL/2"] == dict(depth=28, hidden_size=1152, num_heads=16, patch_size=2)
+    with pytest.raises(ValueError, match="unknown DiT preset"):
+        dit_config("DiT-M/2")
+
+
+@pytest.mark.parametrize("patch", [2, 4, 8])
+@pytest.mark.parametrize("latent_size", [16, 64])  # 64x64 and 256x256 crops at f=4
+def test_output_has_the_shape_of_the_noisy_latent(latent_size, patch):
+    model = tiny_model(sample_size=latent_size, patch=patch)
+    out = predict(model, **inputs(size=latent_size))
+    assert out.shape == (2, 3, latent_size, latent_size)
+    assert model.patch_embed.pos_embed.shape[1] == (latent_size // patch) ** 2
+
+
+@pytest.mark.parametrize("preset", ["DiT-S/2", "DiT-B/4", "DiT-L/2", "DiT-XL/8"])
+@pytest.mark.parametrize("latent_size", [64, 256])
+def test_full_size_presets_build_their_token_grid(preset, latent_size):
+    # Full widths are built on the meta device: shapes without memory or time.
+    with torch.device("meta"):
+        model = DiTHead(**dit_config(preset, sample_size=latent_size, latent_channels=3))
+    dims = DIT_PRESETS[preset]
+    p = dims["patch_size"]
+    assert len(model.blocks) == dims["depth"]
+    assert model.patch_embed.proj.weight.shape == (dims["hidden_size"], 9, p, p)
+    assert model.patch_embed.pos_embed.shape == (1, (latent_size // p) ** 2, dims["hidden_size"])
+    assert model.proj_out.weight.shape == (p * p * 3, dims["hidden_size"])
+    assert model.blocks[0].attn1.heads == dims["num_heads"]
+
+
+def test_dit_l2_size():
+    with torch.device("meta"):
+        model = DiTHead(**dit_config("DiT-L/2", sample_size=64))
+    # 24 blocks x (self-attention 4d^2 + cross-attention 4d^2 + MLP 8d^2) at d = 1024.
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(24 * 16 * 1024**2, rel=0.01)
+
+
+@pytest.mark.parametrize("adaln", [False, True])
+def test_output_depends_on_audio_reference_masked_and_timestep(adaln):
+    model = tiny_model(adaln=adaln)
+    x = inputs()
+    base = predict(model, **x)
+    other = inputs(seed=2)
+    for name in ("audio", "reference", "masked", "timestep"):
+        changed = predict(model, **{**x, name: other[name]})
+        assert not torch.allclose(changed, base, atol=1e-4), f"output ignores {name}"
+
+
+def test_each_audio_frame_and_its_position_in_the_window_matter():
+    model = tiny_model()
+    x = inputs()
+    base = predict(model, **x)
+    edge = x["audio"].clone()
+    edge[:, 0] += 1.0                                  # only the frame 5 steps back
+    assert not torch.allclose(predict(model, **{**x, "audio": edge}), base, atol=1e-4)
+    reversed_window = x["audio"].flip(1)               # same frames, other order
+    assert not torch.allclose(predict(model, **{**x, "audio": reversed_window}), base, atol=1e-4)
+
+
+def test_batch_items_are_independent():
+    model = tiny_model()
+    x = inputs()
+    both = predict(model, **x)
+    first = predict(model, **{k: v[:1] for k, v in x.items()})
+    torch.testing.assert_close(both[:1], first, atol=1e-5, rtol=1e-4)
+
+
+def test_attention_is_pytorch_sdpa():
+    model = tiny_model()
+    assert {type(p) for p in model.attn_processors.values()} == {AttnProcessor2_0}
+    assert len(model.attn_processors) == 2 * 2          # self- and cross-attention in each block
+
+
+def test_fresh_model_predicts_zero_noise():
+    model = DiTHead(**dit_config("DiT-S/2", **TINY, sample_size=8))
+    assert predict(model, **inputs()).abs().max() == 0
+
+
+def test_bad_inputs_name_the_problem():
+    model = tiny_model()
+    x = inputs()
+    with pytest.raises(ValueError, match="audio must be"):
+        model(**{**x, "audio": x["audio"][:, :5]})
+    with pytest.raises(ValueError, match="differ in shape"):
+        model(**{**x, "reference": x["reference"][..., :4]})
+
+
+@pytest.mark.parametrize("adaln", [False, True])
+def test_save_and_load_round_trip(tmp_path, adaln):
+    model = tiny_model(adaln=adaln)
+    model.save_pretrained(tmp_path / "dit")
+    loaded = DiTHead.from_pretrained(tmp_path / "dit").eval()
+    public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
+    assert public(loaded.config) == public(model.config)
+    x = inputs()
+    torch.testing.assert_close(predict(loaded, **x), predict(model, **x))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    x = inputs()
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_model(adaln=True).train()
+        if checkpointing:
+            model.enable_gradient_checkpointing()
+        model(**x).sample.square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_bf16_forward_matches_fp32():
+    model = tiny_model()
+    x = inputs()
+    reference = predict(model, **x)
+    low = predict(model.to(torch.bfloat16), **x)
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - reference).abs().mean() < 0.05 * reference.abs().mean()
+
+
+@pytest.mark.parametrize("adaln", [False, True])
+def test_learns_a_fixed_batch(adaln):
+    """A few hundred steps on one batch bring the diffusion loss (same noise, same steps) well down."""
+    torch.manual_seed(0)
+    model = DiTHead(**dit_config("DiT-S/2", **TINY, sample_size=8, adaln=adaln))
+    scheduler = make_noise_scheduler()
+    x = inputs(batch=4)
+    batch = dict(latents=x["sample"], masked=x["masked"], reference=x["reference"], audio=x["audio"])
+    g = torch.Generator().manual_seed(3)
+    probe = dict(noise=torch.randn(4, 3, 8, 8, generator=g), timesteps=torch.tensor([50, 300, 600, 900]))
+    with torch.no_grad():
+        before = diffusion_loss(model, scheduler, **batch, **probe).item()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    for _ in range(150):
+        loss = diffusion_loss(model, scheduler, **batch, generator=g)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        after = diffusion_loss(model, scheduler, **batch, **probe).item()
+    assert before == pytest.approx(1.0, abs=0.3)       # zero prediction of unit noise
+    assert after < 0.5 * before
+
+
+def test_noise_scheduler_is_adm_linear():
+    scheduler = make_noise_scheduler()
+    assert scheduler.config.num_train_timesteps == 1000
+    assert scheduler.betas[0].item() == pytest.approx(1e-4)
+    assert scheduler.betas[-1].item() == pytest.approx(0.02)
+    assert scheduler.config.prediction_type == "epsilon"
+    short = make_noise_scheduler(250)
+    assert short.betas[-1].item() == pytest.approx(0.08)
+
+
+@pytest.mark.parametrize("adaln", [False, True])
+def test_forward_flops_counts_every_matmul(adaln):
+    model = tiny_model(sample_size=16, patch=4, adaln=adaln)
+    model.set_attn_processor(AttnProcessor())    # explicit matmuls, which the counter sees (SDPA on CPU it does not)
+    x = inputs(size=16)
+    with FlopCounterMode(display=False) as counter:
+        predict(model, **x)
+    assert forward_flops(model.config, batch=2) == counter.get_total_flops()
+
+
+def test_forward_flops_agrees_with_the_dit_paper():
+    # DiT-XL/2 at 256x256 (32x32x4 latents): 118.6 GFLOPs (multiply-adds) without our cross-attention.
+    config = dit_config("DiT-XL/2", sample_size=32, latent_channels=4, adaln=True, audio_dim=33)
+    d, tokens, context = 1152, 256, 12
+    cross_attention_macs = 28 * (2 * tokens * d * d + 2 * context * d * d + 2 * tokens * context * d)
+    dit_macs = forward_flops(config) / 2 - cross_attention_macs
+    assert dit_macs / 1e9 == pytest.approx(118.6, rel=0.02)
+
+
+# --------------------------------------------------------------------------- data
+
+
+TINY_VQGAN = dict(image_size=64, channels=[8, 16, 16], layers_per_block=1, latent_channels=3, codebook_size=64,
+                  norm_groups=8)
+
+
+def tiny_vqgan(seed: int):
+    torch.manual_seed(seed)
+    return build_vqmodel(**TINY_VQGAN).eval()
+
+
+def fake_clip(name: str, identity: str | None = None):
+    return SimpleNamespace(name=name, meta={"identity": identity} if identity else {})
+
+
+def test_identity_split_never_puts_one_person_on_both_sides():
+    clips = [fake_clip("a1", "alice"), fake_clip("a2", "alice"), fake_clip("b1", "bob"), fake_clip("carol")]
+    split = split_by_identity(clips, val_identities=["alice"])
+    assert split.validation == ["a1", "a2"] and split.train == ["b1", "carol"]
+    assert split.to_json()["validation_identities"] == ["alice"]
+    for seed in range(6):
+        drawn = split_by_identity(clips, val_count=1, seed=seed)
+        held_out = {drawn.identities[c] for c in drawn.validation}
+        assert len(held_out) == 1
+        assert not held_out & {drawn.identities[c] for c in drawn.train}
+        assert sorted(drawn.train + drawn.validation) == ["a1", "a2", "b1", "carol"]
+        assert drawn == split_by_identity(clips, val_count=1, seed=seed)       # reproducible
+    with pytest.raises(ValueError, match=r"\['dave'\] are not in the data"):
+        split_by_identity(clips, val_identities=["dave"])
+    with pytest.raises(ValueError, match="leaves none for training"):
+        split_by_identity(clips, val_count=3)
+
+
+def test_reference_frame_is_far_enough_and_has_a_face():
+    valid = np.ones(200, dtype=bool)
+    valid[150:] = False
+    rng = np.random.default_rng(0)
+    picks = [pick_reference_frame(valid, 100, rng, 60) for _ in range(200)]
+    assert set(picks) <= set(range(0, 41))               # 160..199 are far enough but have no face
+    assert len(set(picks)) > 20                          # drawn at random, not one fixed frame
+    short = np.ones(80, dtype=bool)
+    assert pick_reference_frame(short, 30, rng, 60) == 79                       # farthest frame of a short clip
+    with pytest.raises(ValueError, match="no frame with a face"):
+        pick_reference_frame(np.zeros(5, dtype=bool), 2, rng)
+
+
+@pytest.fixture(scope="module")
+def demo_data(processed_demo, tmp_path_factory):
+    """The demo clips, their audio features and a ground-truth latent cache made by a tiny VQGAN."""
+    clips = list_clips(processed_demo / "data" / "processed")
+    vq = tiny_vqgan(0)
+    cache = tmp_path_factory.mktemp("latents")
+    latents = precompute_latents(vq, clips, cache, batch_size=16)
+    features, dim = audio_feature_paths(clips, processed_demo / "data" / "features")
+    return SimpleNamespace(clips=clips, vq=vq, cache=cache, latents=LazyArrays(latents), features=LazyArrays(features),
+                           dim=dim)
+
+
+def test_latent_cache_holds_each_frames_latent_and_is_reused(demo_data, tmp_path):
+    clip = demo_data.clips[0]
+    cached = demo_data.latents[clip.name]
+    valid = np.flatnonzero(clip.valid)
+    frames = valid[[0, len(valid) // 2, -1]]
+    expected = encode_latents(demo_data.vq, torch.from_numpy(clip.crops(frames)).permute(0, 3, 1, 2))
+    np.testing.assert_allclose(cached[frames].astype(np.float32), expected.numpy(), rtol=2e-3, atol=2e-3)
+    assert cached.shape == (len(clip), 3, 16, 16) and cached.dtype == np.float16
+
+    path = demo_data.latents.paths[clip.name]
+    stamp = path.stat().st_mtime_ns
+    precompute_latents(demo_data.vq, demo_data.clips, demo_data.cache)
+    assert path.stat().st_mtime_ns == stamp                  # same weights, same crops: not encoded again
+    precompute_latents(tiny_vqgan(1), demo_data.clips, demo_data.cache)
+    assert path.stat().st_mtime_ns != stamp                  # other weights: encoded again
+    precompute_latents(demo_data.vq, demo_data.clips, demo_data.cache)   # leave it as the fixture made it
+
+
+def test_dataset_item_is_frame_reference_masked_frame_and_audio(demo_data):
+    clips = demo_data.clips
+    mask = MaskSettings(kernel_size=9, sigma=2.0, max_shift=2)
+    rows = target_frames(clips, [clips[0].name])
+    dataset = DiTDataset(clips, rows, demo_data.latents, demo_data.features, mask=mask, min_ref_distance=60, seed=3)
+    assert len(dataset) == len(rows) and set(rows[:, 0]) == {0}
+    clip = clips[0]
+    valid = np.flatnonzero(clip.valid)
+    features = np.load(demo_data.features.paths[clip.name])
+    shifts = [(dx, dy) for dx in range(-2, 3) for dy in range(-2, 3)]
+    for index in (0, 37, len(dataset) - 1, len(dataset) + 37):
+        item = dataset[index]
+        frame, reference = int(item["frame"]), int(item["reference_frame"])
+        assert frame == rows[index % len(rows), 1]
+        farthest = np.abs(valid - frame).max()
+        assert reference in valid and abs(reference - frame) >= min(60, farthest)
+        latents = demo_data.latents[clip.name]
+        np.testing.assert_array_equal(item["latent"].numpy(), latents[frame].astype(np.float32))
+        np.testing.assert_array_equal(item["reference"].numpy(), latents[reference].astype(np.float32))
+        np.testing.assert_array_equal(item["audio"].numpy(), audio_windows(features, [frame], 11)[0])
+        masked = item["masked"].permute(1, 2, 0).numpy()
+        candidates = [apply_mask(clip.crop(frame), lower_face_mask(clip.landmarks[frame], (64, 64), 9, 2.0, shift=s))
+                      for s in shifts]
+        assert any(np.array_equal(masked, c) for c in candidates), "masked frame is not the crop under a shifted mask"
+        assert masked.sum() < clip.crop(frame).sum()
+    assert torch.equal(dataset[5]["masked"], dataset[5]["masked"])          # reproducible
+    later_epoch = [dataset[i + len(dataset)] for i in range(8)]
+    assert any(int(a["reference_frame"]) != int(dataset[i]["reference_frame"]) for i, a in enumerate(later_epoch))
+
+
+def test_audio_features_must_exist_and_match_the_clip(demo_data, tmp_path):
+    clips = demo_data.clips
+    with pytest.raises(FileNotFoundError, match=rf"{clips[0].name}\.npy: no audio features"):
+        audio_feature_paths(clips, tmp_path)
+    for clip in clips:
+        np.save(tmp_path / f"{clip.name}.npy", np.zeros((len(clip) - 3, 8), np.float32))
+    with pytest.raises(ValueError, match=r"expected \(\d+, D\): one row per frame"):
+        audio_feature_paths(clips, tmp_path)
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+RUN = dict(steps=60, checkpoint_every=20, val_every=20, sample_every=60, log_every=10, batch_size=8, val_samples=8,
+           workers=0, mixed_precision="no")
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def make_workdir(root: Path, processed_demo: Path, with_vqgans: bool = True) -> Path:
+    """A project root: the demo data, two tiny VQGANs, params.yaml = defaults + smoke profile + RUN."""
+    (root / "data").mkdir(parents=True)
+    for name in ("processed", "features"):
+        (root / "data" / name).symlink_to(processed_demo / "data" / name)
+    if with_vqgans:
+        for seed, which in enumerate(("masked", "gt")):
+            tiny_vqgan(seed).save_pretrained(root / "models" / f"vqgan_{which}")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = _merge(params, yaml.safe_load((REPO / "profiles" / "smoke.yaml").read_text()))
+    (root / "params.yaml").write_text(yaml.safe_dump(_merge(params, {"dit": RUN})))
+    return root
+
+
+def run_stage(workdir: Path, monkeypatch) -> None:
+    """The stage's main() in ``workdir`` on one thread (the arithmetic of a subprocess with OMP_NUM_THREADS=1)."""
+    spec = importlib.util.spec_from_file_location("train_dit_stage", STAGE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.chdir(workdir)
+    try:
+        module.main()
+    finally:
+        monkeypatch.chdir(REPO)
+
+
+def metric_history(workdir: Path, name: str) -> list[tuple[int, float]]:
+    path = workdir / "dvclive" / "train_dit" / "plots" / "metrics" / f"{name}.tsv"
+    rows = [line.split("\t") for line in path.read_text().splitlines()[1:]]
+    return [(int(step), float(value)) for step, value in rows]
+
+
+def checkpoint_steps(workdir: Path) -> list[int]:
+    directory = workdir / "checkpoints" / "train_dit"
+    return sorted(int(p.name.split("_")[1]) for p in directory.glob("step_*")) if directory.is_dir() else []
+
+
+@pytest.fixture(scope="module")
+def reference_run(processed_demo, tmp_path_factory) -> Path:
+    """An uninterrupted smoke training."""
+    monkeypatch = pytest.MonkeyPatch()
+    workdir = make_workdir(tmp_path_factory.mktemp("dit") / "reference", processed_demo)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_stage(workdir, monkeypatch)
+    finally:
+        torch.set_num_threads(threads)
+        monkeypatch.undo()
+    return workdir
+
+
+def test_stage_saves_raw_and_ema_weights_schedule_split_and_logs(reference_run):
+    out = reference_run / "models" / "dit"
+    raw, ema = DiTHead.from_pretrained(out), DiTHead.from_pretrained(out / "ema")
+    assert raw.config.sample_size == 16 and raw.config.audio_dim == 32 and raw.config.depth == 2
+    assert any(not torch.equal(a, b) for a, b in zip(raw.parameters(), ema.parameters()))
+    assert json.loads((out / "scheduler" / "scheduler_config.json").read_text())["num_train_timesteps"] == 1000
+    split = json.loads((out / "split.json").read_text())
+    assert len(split["validation"]) == 1 and len(split["train"]) == 1
+    assert not set(split["validation"]) & set(split["train"])
+
+    summary = json.loads((reference_run / "dvclive" / "train_dit" / "metrics.json").read_text())
+    assert summary["step"] == 60 and {"loss", "loss_ema"} <= set(summary["val"])
+    assert [s for s, _ in metric_history(reference_run, "val/loss")] == [20, 40, 60]
+    assert [s for s, _ in metric_history(reference_run, "train/loss")] == [10, 20, 30, 40, 50, 60]
+    grid = cv2.imread(str(reference_run / "dvclive" / "train_dit" / "plots" / "images" / "samples.png"))
+    assert grid.shape == (3 * 64, 4 * 64, 3)          # ground truth | masked | generated, 4 held-out frames
+    assert not (reference_run / "checkpoints" / "train_dit").exists()    # cleared after the final save
+
+
+def test_stage_training_lowers_the_loss_on_a_fixed_batch(reference_run, demo_data):
+    clips = demo_data.clips
+    split = json.loads((reference_run / "models" / "dit" / "split.json").read_text())
+    latents = LazyArrays({c.name: reference_run / "checkpoints" / "train_dit_latents" / f"{c.name}.npy" for c in clips})
+    dataset = DiTDataset(clips, target_frames(clips, split["train"])[::10], latents, demo_data.features,
+                         mask=MaskSettings(9, 2.0, 0), seed=0)
+    items = [dataset[i] for i in range(len(dataset))]
+    batch = {k: torch.stack([item[k] for item in items]) for k in ("latent", "reference", "masked", "audio")}
+    masked = encode_latents(VQModel.from_pretrained(reference_run / "models" / "vqgan_masked"), batch["masked"])
+    g = torch.Generator().manual_seed(0)
+    probe = dict(latents=batch["latent"], masked=masked, reference=batch["reference"], audio=batch["audio"],
+                 noise=torch.randn(batch["latent"].shape, generator=g),
+                 timesteps=torch.randint(0, 1000, (len(items),), generator=g))
+    scheduler = make_noise_scheduler()
+    trained = DiTHead.from_pretrained(reference_run / "models" / "dit").eval()
+    with torch.no_grad():
+        before = diffusion_loss(DiTHead.from_config(trained.config), scheduler, **probe).item()
+        after = diffusion_loss(trained, scheduler, **probe).item()
+    assert after < 0.85 * before, (before, after)
+
+
+def test_interrupted_training_resumes_to_the_uninterrupted_result(reference_run, processed_demo, tmp_path,
+                                                                  monkeypatch):
+    workdir = make_workdir(tmp_path / "interrupted", processed_demo)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        # 1. SIGTERM: the stage saves a checkpoint at the current step and exits with a message.
+        def send_sigterm_after_first_checkpoint():
+            while not checkpoint_steps(workdir):
+                time.sleep(0.02)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        sender = threading.Thread(target=send_sigterm_after_first_checkpoint, daemon=True)
+        sender.start()
+        with pytest.raises(SystemExit, match=r"interrupted at step (\d+)") as stopped:
+            run_stage(workdir, monkeypatch)
+        sender.join()
+        stopped_at = max(checkpoint_steps(workdir))
+        assert f"step {stopped_at};" in str(stopped.value) and 20 <= stopped_at < 60
+
+        # 2. SIGKILL (no chance to save) once a newer checkpoint exists.
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        log = tmp_path / "stage.log"
+        with open(log, "wb") as output:
+            process = subprocess.Popen([sys.executable, str(STAGE)], cwd=workdir, env=env,
+                                       stdout=output, stderr=subprocess.STDOUT)
+            try:
+                while max(checkpoint_steps(workdir), default=0) <= stopped_at and process.poll() is None:
+                    time.sleep(0.02)
+                process.send_signal(signal.SIGKILL)
+                process.wait(timeout=60)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+        assert process.returncode == -signal.SIGKILL, log.read_text()[-2000:]
+        assert "resumed from" in log.read_text()
+        assert not (workdir / "models" / "dit").exists()
+
+        # 3. The same command again finishes the run, with exactly the uninterrupted run's result.
+        run_stage(workdir, monkeypatch)
+    finally:
+        torch.set_num_threads(threads)
+    for sub in ("", "ema/"):
+        resumed = load_file(workdir / "models" / "dit" / sub / "diffusion_pytorch_model.safetensors")
+        reference = load_file(reference_run / "models" / "dit" / sub / "diffusion_pytorch_model.safetensors")
+        assert resumed.keys() == reference.keys()
+        for name in reference:
+            torch.testing.assert_close(resumed[name], reference[name], rtol=1e-5, atol=1e-6, msg=f"{sub}{name}")
+    resumed_history, reference_history = metric_history(workdir, "val/loss"), metric_history(reference_run, "val/loss")
+    assert [s for s, _ in resumed_history] == [s for s, _ in reference_history] == [20, 40, 60]
+    np.testing.assert_allclose([v for _, v in resumed_history], [v for _, v in reference_history], rtol=1e-5)
+
+
+def test_stage_without_vqgans_says_which_stage_to_run(processed_demo, tmp_path, monkeypatch):
+    workdir = make_workdir(tmp_path / "no_vqgan", processed_demo, with_vqgans=False)
+    with pytest.raises(SystemExit, match="no trained VQGAN in models/vqgan_masked .run the train_vqgan stages"):
+        run_stage(workdir, monkeypatch)
