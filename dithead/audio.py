@@ -13,14 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
+from .fileio import InputFileError
 
-class AudioError(ValueError):
+
+class AudioError(InputFileError):
     """Audio that cannot be used; the message names the file and the problem."""
 
-    def __init__(self, path: str | os.PathLike, problem: str):
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{path}: {problem}")
+
+class NoAudioStream(AudioError):
+    """The file has no audio stream."""
 
 
 @dataclass
@@ -36,8 +37,12 @@ class Audio:
         return len(self.samples) / self.sample_rate
 
 
-def load_audio(path: str | os.PathLike, sample_rate: int = 16000) -> Audio:
-    """Any audio file or video with an audio track -> mono ``sample_rate`` float32, peak-normalised."""
+def load_audio(path: str | os.PathLike, sample_rate: int = 16000, peak_normalise: bool = True) -> Audio:
+    """Any audio file or video with an audio track -> mono ``sample_rate`` float32.
+
+    Peak-normalised to [-1, 1] by default (paper 3.1); ``peak_normalise=False``
+    keeps the recorded level (SyncNet's features depend on it).
+    """
     path = Path(path)
     if not path.is_file():
         raise AudioError(path, "file not found")
@@ -47,7 +52,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000) -> Audio:
     if samples.size == 0:
         raise AudioError(path, "audio stream is empty")
     mono = samples.mean(axis=1) if samples.ndim == 2 else samples
-    return Audio(normalise(resample(mono, rate, sample_rate)), sample_rate, str(path), rate, channels)
+    samples = resample(mono, rate, sample_rate)
+    return Audio(normalise(samples) if peak_normalise else samples, sample_rate, str(path), rate, channels)
 
 
 def _read_soundfile(path: Path):
@@ -69,7 +75,7 @@ def _read_pyav(path: Path):
         raise AudioError(path, f"cannot be opened ({type(exc).__name__}: {exc})") from None
     with container:
         if not container.streams.audio:
-            raise AudioError(path, "has no audio stream (put a .wav of the same name beside the video)")
+            raise NoAudioStream(path, "has no audio stream (put a .wav of the same name beside the video)")
         stream = container.streams.audio[0]
         channels = stream.codec_context.channels
         rate = stream.codec_context.sample_rate
@@ -77,7 +83,7 @@ def _read_pyav(path: Path):
         resampler = av.AudioResampler(format="flt", layout=stream.layout.name, rate=rate)
         chunks = []
         try:
-            for frame in container.decode(stream):
+            for frame in [*container.decode(stream), None]:   # None flushes the resampler
                 for out in resampler.resample(frame):
                     chunks.append(out.to_ndarray().reshape(-1, channels))
         except av.error.FFmpegError as exc:

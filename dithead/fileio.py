@@ -10,6 +10,15 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+class InputFileError(ValueError):
+    """An input file that cannot be used; the message names the file and the problem."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; rename it to ``path`` on success.

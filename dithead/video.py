@@ -16,16 +16,13 @@ from typing import Iterator
 
 import numpy as np
 
+from .fileio import InputFileError
+
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".flv"}
 
 
-class VideoError(ValueError):
+class VideoError(InputFileError):
     """A video that cannot be used; the message names the file and the problem."""
-
-    def __init__(self, path: str | os.PathLike, problem: str):
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{path}: {problem}")
 
 
 @dataclass

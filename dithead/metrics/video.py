@@ -35,7 +35,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dithead.audio import AudioError, NoAudioStream, load_audio
 from dithead.face import FaceTracker, crop_box, landmark_box, square_box, to_crop_coords
+from dithead.fileio import InputFileError
 from dithead.metrics import image as image_metrics
 from dithead.metrics.landmarks import frame_lmd
 from dithead.metrics.weights import MissingWeightsError, WeightsFormatError
@@ -46,12 +48,8 @@ SYNC_METRICS = ("lse_c", "lse_d")
 BOX_MODES = ("auto", "shared", "own")
 
 
-class EvaluationError(ValueError):
+class EvaluationError(InputFileError):
     """A pair of videos that cannot be evaluated; the message names the file and the problem."""
-
-    def __init__(self, path: str | os.PathLike, problem: str):
-        self.path = str(path)
-        super().__init__(f"{path}: {problem}")
 
 
 @dataclass
@@ -213,21 +211,12 @@ def read_speech(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray
     Not peak-normalised (unlike the training audio): SyncNet's MFCC energy
     term depends on the level, and syncnet_python reads the file as it is.
     """
-    import av
-
     try:
-        container = av.open(str(path))
-    except Exception as exc:
-        raise EvaluationError(path, f"cannot be opened ({type(exc).__name__}: {exc})") from None
-    with container:
-        if not container.streams.audio:
-            return None
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-        chunks = []
-        for frame in container.decode(container.streams.audio[0]):
-            chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(frame)]
-        chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
-    return np.concatenate(chunks).astype(np.float32) if chunks else None
+        return load_audio(path, sample_rate, peak_normalise=False).samples
+    except NoAudioStream:
+        return None
+    except AudioError as error:
+        raise EvaluationError(path, error.problem) from None
 
 
 # --------------------------------------------------------------------------- pass 2: scores
