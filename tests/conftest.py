@@ -58,7 +58,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def copy_project(dest: Path) -> Path:
-    """The project's files (tracked and new, not ignored) in a fresh git repo at ``dest``, as a user's clone."""
+    """The project's files (tracked and new, not ignored), committed in a fresh git repo at ``dest``: a user's clone."""
     import shutil
     import subprocess
 
@@ -69,7 +69,10 @@ def copy_project(dest: Path) -> Path:
         if src.is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
+    git = ["git", "-c", "user.name=dithead-tests", "-c", "user.email=tests@dithead.invalid"]
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(git + ["add", "-A"], cwd=dest, check=True)
+    subprocess.run(git + ["commit", "-q", "-m", "project"], cwd=dest, check=True)
     return dest
 
 

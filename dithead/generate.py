@@ -1,0 +1,263 @@
+"""From a trained model to a finished video: sample, decode, paste back, watermark, encode.
+
+``DiTHeadPipeline`` holds the DiT, its scheduler and the two VQGANs, and has
+two entry points:
+
+- ``sample_clip(clip, features, audio_path, out)``: a preprocessed clip
+  (``dithead.store.ProcessedClip``) driven by per-frame audio features; what
+  the ``sample`` stage runs for held-out clips and dubbing pairs;
+- ``pipe(video, audio, out)``: any video and audio file; preprocesses the
+  video and computes the audio features on the fly, then ``sample_clip``
+  (``dithead generate``).
+
+Per output frame k the video frame shown is ``driving_frame_order``'s (the
+video is cut when the audio is shorter, played back and forth when longer).
+Masked latents are encoded chunk by chunk as the sampler asks for them,
+generated crops are decoded, pasted into the full-resolution frame inside the
+blurred lower-face mask (frames without a face pass through), watermarked,
+and streamed to the H.264 writer with the driving audio: memory does not
+grow with the length of the video.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from . import watermark as wm
+from .dit_data import decode_latents, encode_latents
+from .encode import DEFAULT_CRF, VideoWriter
+from .face import paste_back
+from .features import audio_windows
+from .mask import apply_mask, lower_face_mask
+from .sampling import driving_frame_order, make_scheduler, pick_reference_index, sample_lockstep
+from .store import CropStore, CropStoreWriter, ProcessedClip
+from .video import iter_frames
+
+MODEL_NAME = "DiT-Head"
+
+
+class ModelDirectoryError(FileNotFoundError):
+    """A trained model is missing; the message names the directory and the stage that makes it."""
+
+
+@dataclass
+class SampleSettings:
+    steps: int = 250
+    seed: int = 0
+    chunk_size: int = 16
+    eta: float = 0.0
+    crf: int = DEFAULT_CRF
+    watermark_message: str = wm.DEFAULT_MESSAGE
+    watermark_strength: float = wm.DEFAULT_STRENGTH
+    min_reference_distance: int = 60
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on GPUs that support it, else fp32."""
+    if precision == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+def nearest_valid(valid: np.ndarray) -> np.ndarray:
+    """For every frame, the nearest frame with a face (its landmarks stand in for a missing face's)."""
+    valid_idx = np.flatnonzero(valid)
+    if len(valid_idx) == 0:
+        raise ValueError("no frame of the clip has a face")
+    frames = np.arange(len(valid))
+    pos = np.clip(np.searchsorted(valid_idx, frames), 1, len(valid_idx)) - 1
+    right = valid_idx[np.minimum(pos + 1, len(valid_idx) - 1)]
+    left = valid_idx[pos]
+    return np.where(np.abs(right - frames) < np.abs(left - frames), right, left)
+
+
+class ClipConditions:
+    """The sampler's per-frame conditions for one clip, encoded chunk by chunk on request."""
+
+    def __init__(self, clip: ProcessedClip, order: np.ndarray, features: np.ndarray, vq_masked,
+                 mask_kernel_size: int, mask_sigma: float, device: torch.device, autocast, audio_window: int = 11):
+        self.clip, self.order, self.features = clip, order, features
+        self.vq_masked, self.device, self.autocast = vq_masked, device, autocast
+        self.mask_kernel_size, self.mask_sigma, self.audio_window = mask_kernel_size, mask_sigma, audio_window
+        self.landmark_frame = nearest_valid(np.asarray(clip.valid))
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def mask(self, video_frame: int) -> np.ndarray:
+        size = int(self.clip.meta["size"])
+        landmarks = np.asarray(self.clip.landmarks[self.landmark_frame[video_frame]])
+        return lower_face_mask(landmarks, (size, size), self.mask_kernel_size, self.mask_sigma)
+
+    def window(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        frames = self.order[start:stop]
+        masked = np.stack([apply_mask(self.clip.crop(int(v)), self.mask(int(v))) for v in frames])
+        images = torch.from_numpy(masked).permute(0, 3, 1, 2).to(self.device)
+        with self.autocast():
+            latents = encode_latents(self.vq_masked, images).float()
+        audio = audio_windows(self.features, np.arange(start, stop), self.audio_window)
+        return latents, torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(self.device)
+
+
+def source_frames(video: str | os.PathLike, order: np.ndarray, fps: float, work_dir: Path) -> Iterator[np.ndarray]:
+    """Full-resolution frames of ``video`` (at ``fps``) in ``order``.
+
+    A forward-only order is streamed; one that goes back (ping-pong) first
+    stores the frames losslessly (PNG) in ``work_dir`` for random access, so
+    memory stays flat either way.
+    """
+    forward_only = np.array_equal(order, np.arange(len(order)))
+    if forward_only:
+        for frame in iter_frames(video, fps):
+            if frame.index >= len(order):
+                return
+            yield frame.image
+        return
+    needed = int(order.max()) + 1
+    with CropStoreWriter(work_dir, codec="png") as writer:
+        for frame in iter_frames(video, fps):
+            if frame.index >= needed:
+                break
+            writer.append(frame.image)
+    store = CropStore(work_dir)
+    for index in order:
+        yield store[int(min(index, len(store) - 1))]
+
+
+class DiTHeadPipeline:
+    """DiT + scheduler + VQGAN encoders/decoder, ready to dub videos."""
+
+    def __init__(self, dit, scheduler, vq_masked, vq_gt, *, mask_kernel_size: int = 31, mask_sigma: float = 8.0,
+                 fps: float = 25.0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 audio_features: Callable[[np.ndarray, int], np.ndarray] | None = None,
+                 model_name: str = MODEL_NAME):
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.dit = dit.to(self.device).eval()
+        if dtype != torch.float32:
+            self.dit = self.dit.to(dtype)
+        self.vq_masked = vq_masked.to(self.device).eval()
+        self.vq_gt = vq_gt.to(self.device).eval()
+        self.scheduler = scheduler
+        self.mask_kernel_size, self.mask_sigma, self.fps = mask_kernel_size, mask_sigma, fps
+        self.audio_features = audio_features
+        self.model_name = model_name
+
+    @classmethod
+    def from_pretrained(cls, models_dir: str | os.PathLike = "models", *, weights: str = "ema", solver: str = "ddim",
+                        device: str | torch.device | None = None, precision: str = "auto", **kwargs) -> "DiTHeadPipeline":
+        """Load ``<models_dir>/dit`` (``ema/`` or raw weights, ``scheduler/``), ``vqgan_masked`` and ``vqgan_gt``."""
+        from diffusers import DDPMScheduler, VQModel
+
+        from .dit import DiTHead
+
+        root = Path(models_dir)
+        needed = {"dit": "train_dit", "vqgan_masked": "train_vqgan_masked", "vqgan_gt": "train_vqgan_gt"}
+        for name, stage in needed.items():
+            if not (root / name / "config.json").is_file():
+                raise ModelDirectoryError(f"{root / name}: no trained model there (made by `dvc repro {stage}`; "
+                                          f"or pass --models DIR with dit/, vqgan_masked/ and vqgan_gt/)")
+        if weights not in ("ema", "raw"):
+            raise ValueError(f"weights must be 'ema' or 'raw', not {weights!r}")
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dit = DiTHead.from_pretrained(root / "dit" / "ema" if weights == "ema" else root / "dit")
+        train_config = DDPMScheduler.load_config(root / "dit" / "scheduler") \
+            if (root / "dit" / "scheduler").is_dir() else None
+        return cls(dit, make_scheduler(solver, train_config), VQModel.from_pretrained(root / "vqgan_masked"),
+                   VQModel.from_pretrained(root / "vqgan_gt"), device=device,
+                   dtype=resolve_precision(precision, device), **kwargs)
+
+    def _autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def _reference_latent(self, clip: ProcessedClip, target: int, settings: SampleSettings) -> tuple[torch.Tensor, int]:
+        rng = np.random.default_rng(settings.seed)
+        index = pick_reference_index(len(clip), target, rng, settings.min_reference_distance, np.asarray(clip.valid))
+        image = torch.from_numpy(clip.crop(index)).permute(2, 0, 1)[None].to(self.device)
+        with self._autocast():
+            return encode_latents(self.vq_gt, image).float(), index
+
+    @torch.no_grad()
+    def sample_clip(self, clip: ProcessedClip, features: np.ndarray, audio_path: str | os.PathLike,
+                    output: str | os.PathLike, settings: SampleSettings | None = None,
+                    video_path: str | os.PathLike | None = None, progress: bool = True) -> dict:
+        """Dub ``clip`` with ``features`` (one row per output frame) and mux ``audio_path``; returns a report."""
+        settings = settings or SampleSettings()
+        video_path = Path(video_path or clip.meta["source"]["video"])
+        order = driving_frame_order(len(clip), len(features))
+        conditions = ClipConditions(clip, order, features, self.vq_masked, self.mask_kernel_size, self.mask_sigma,
+                                    self.device, self._autocast, getattr(self.dit.config, "audio_window", 11))
+        reference, reference_index = self._reference_latent(clip, int(order[0]), settings)
+        bits = wm.message_bits(settings.watermark_message)
+        start = time.perf_counter()
+        chunks = sample_lockstep(self.dit, self.scheduler, conditions, reference, steps=settings.steps,
+                                 seed=settings.seed, chunk_size=settings.chunk_size, eta=settings.eta,
+                                 device=self.device, progress=progress, desc=f"sampling {clip.name}")
+        with tempfile.TemporaryDirectory() as work, \
+                VideoWriter(output, self.fps, crf=settings.crf, audio=audio_path,
+                            metadata=wm.provenance_tags(self.model_name, settings.watermark_message)) as writer:
+            frames = source_frames(video_path, order, self.fps, Path(work))
+            k = 0
+            for latents in chunks:
+                with self._autocast():
+                    crops = decode_latents(self.vq_gt, latents).float()
+                crops = ((crops + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
+                for crop in crops:
+                    frame = next(frames)
+                    v = int(order[k])
+                    if clip.valid[v]:
+                        frame = paste_back(frame, crop, np.asarray(clip.boxes[v]), conditions.mask(v))
+                    writer.write(wm.embed(frame, bits, settings.watermark_strength))
+                    k += 1
+        seconds = time.perf_counter() - start
+        return {"clip": clip.name, "output": str(output), "frames": k, "video_frames": len(clip),
+                "ping_pong": bool(len(features) > len(clip)), "reference_frame": reference_index,
+                "steps": settings.steps, "seconds": round(seconds, 2), "frames_per_second": round(k / seconds, 3),
+                "watermark": settings.watermark_message}
+
+    def __call__(self, video: str | os.PathLike, audio: str | os.PathLike, output: str | os.PathLike,
+                 settings: SampleSettings | None = None, preprocess_config=None, progress: bool = True) -> dict:
+        """Dub any ``video`` with any ``audio`` file: preprocess, features, ``sample_clip``."""
+        from .audio import align_to_frames, load_audio
+        from .preprocess import PreprocessConfig, process_clip
+
+        if self.audio_features is None:
+            raise ValueError("this pipeline has no audio feature extractor: pass audio_features= "
+                             "(see dithead.generate.audio_feature_extractor)")
+        cfg = preprocess_config or PreprocessConfig(fps=self.fps, size=int(self.vq_gt.config.sample_size))
+        sound = load_audio(audio, cfg.sample_rate)          # AudioError names the file when unreadable
+        n_frames = int(np.floor(sound.duration * self.fps + 0.5))     # the driving audio sets the length
+        samples, _ = align_to_frames(sound.samples, n_frames, self.fps, cfg.sample_rate)
+        features = self.audio_features(samples, n_frames)
+        with tempfile.TemporaryDirectory() as work:
+            # ClipSkipped (no face) and VideoError (unreadable) come out of here with the file named.
+            result = process_clip(video, work, cfg, audio=audio, name="input", progress=progress)
+            return self.sample_clip(ProcessedClip(Path(work) / result.name), features, audio, output, settings,
+                                    video_path=video, progress=progress)
+
+
+def audio_feature_extractor(encoder: str = "mel", fps: float = 25.0, sample_rate: int = 16000, n_mels: int = 80,
+                            model: str = "", output: str = "logits", layer: int = -1, chunk_seconds: float = 20.0,
+                            device: str = "cpu") -> Callable[[np.ndarray, int], np.ndarray]:
+    """``f(samples, n_frames) -> (n_frames, D)`` with the encoder the DiT was trained on (params ``audio_features``)."""
+    from .features import frame_features, load_wav2vec2
+
+    net = load_wav2vec2(model, device) if encoder == "wav2vec2" else None
+
+    def extract(samples: np.ndarray, n_frames: int) -> np.ndarray:
+        return frame_features(samples, sample_rate, n_frames, fps, encoder, n_mels=n_mels, net=net, output=output,
+                              layer=layer, chunk_seconds=chunk_seconds, device=device)
+
+    return extract

@@ -1,0 +1,227 @@
+"""Evolving inference (paper 3.4): every frame of a clip denoised from noise.
+
+Each frame i is conditioned on its masked latent, its audio window and a
+reference latent. Frame 0 takes the clean latent of a random frame of the
+clip at least 60 frames away (as in training); every later frame takes, at
+step t, the *noisy* latent of frame i-1 at that same step t. That is the
+only link between frames, and it runs forward in frame order only within
+one step, so all frames of a chunk can go through step t together as one
+batch (``sample_lockstep``): the reference batch is the latent batch shifted
+by one frame, with the last frame of the previous chunk (its latent at every
+step, kept from the chunk before) in front. ``sample_frame_by_frame`` is the
+literal one-frame-at-a-time order, kept as the reference implementation; both
+give the same frames to float precision.
+
+Noise is drawn per frame from a generator seeded by (seed, frame index) and
+consumed in the same order in both implementations (initial latent, then one
+draw per step when the solver is stochastic), so a frame's noise never
+depends on chunking or batch size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+SOLVERS = ("ddim", "dpmsolver++")
+REFERENCE_MIN_DISTANCE = 60    # paper 3.3: the reference frame is at least 60 frames away
+
+
+class FrameConditions(Protocol):
+    """Per-frame conditions of one clip, read a chunk at a time so long clips stay cheap."""
+
+    def __len__(self) -> int: ...
+
+    def window(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masked latents (n, Cm, h, w) and audio windows (n, 11, D) of frames start..stop-1."""
+
+
+@dataclass
+class TensorConditions:
+    """Conditions already in memory: masked latents (N, Cm, h, w), audio windows (N, 11, D)."""
+
+    masked: torch.Tensor
+    audio: torch.Tensor
+
+    def __post_init__(self):
+        if len(self.masked) != len(self.audio):
+            raise ValueError(f"{len(self.masked)} masked latents but {len(self.audio)} audio windows: one of each per frame")
+
+    def __len__(self) -> int:
+        return len(self.masked)
+
+    def window(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.masked[start:stop], self.audio[start:stop]
+
+
+# --- schedulers ----------------------------------------------------------------
+
+def make_scheduler(solver: str = "ddim", train_config: dict | None = None):
+    """A diffusers inference scheduler for the diffusion the DiT was trained with.
+
+    ``train_config``: the training scheduler's config (e.g. a DDPMScheduler's
+    ``config``); without it, ADM's (1000 steps, linear betas 1e-4..0.02).
+    Latents are not bounded like pixels, so no clipping of the predicted x0.
+    """
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    config = dict(train_config) if train_config else {
+        "num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02}
+    config["prediction_type"] = "epsilon"
+    if solver == "ddim":
+        return DDIMScheduler.from_config(config, clip_sample=False, set_alpha_to_one=True)
+    if solver == "dpmsolver++":
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
+    raise ValueError(f"unknown solver {solver!r}: choose one of {', '.join(SOLVERS)}")
+
+
+def _fresh_scheduler(template, steps: int):
+    """A scheduler with its own state (multistep solvers keep a history per trajectory)."""
+    scheduler = type(template).from_config(template.config)
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+def _is_stochastic(scheduler, eta: float) -> bool:
+    return scheduler.__class__.__name__ == "DDIMScheduler" and eta > 0
+
+
+# --- per-frame noise -------------------------------------------------------------
+
+def frame_generator(seed: int, frame: int) -> torch.Generator:
+    """A CPU generator for one frame; SeedSequence decorrelates neighbouring frames and seeds."""
+    state = np.random.SeedSequence([int(seed), int(frame)]).generate_state(2, dtype=np.uint32)
+    return torch.Generator("cpu").manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+
+
+def _frame_noise(generators: list[torch.Generator], shape: tuple[int, ...], device) -> torch.Tensor:
+    """One standard-normal latent per generator, stacked: (len(generators), *shape)."""
+    return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
+
+
+# --- sampling --------------------------------------------------------------------
+
+def _model_dtype(model: torch.nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+def _predict_noise(model, z, masked, reference, audio, t, dtype) -> torch.Tensor:
+    timestep = torch.full((len(z),), int(t), device=z.device, dtype=torch.long)
+    out = model(sample=z.to(dtype), masked=masked.to(dtype), reference=reference.to(dtype),
+                audio=audio.to(dtype), timestep=timestep).sample
+    return out.float()
+
+
+def _reference_latent(reference: torch.Tensor) -> torch.Tensor:
+    return reference if reference.dim() == 4 else reference.unsqueeze(0)
+
+
+@torch.no_grad()
+def sample_frame_by_frame(model, scheduler, conditions: FrameConditions, reference: torch.Tensor, *,
+                          steps: int, seed: int, eta: float = 0.0, device=None,
+                          progress: bool = True, desc: str = "sampling") -> Iterator[torch.Tensor]:
+    """Denoise one frame after the other (the literal order of paper 3.4); yields (1, C, h, w) per frame.
+
+    Keeps the previous frame's latent at every step (``steps`` latents) to serve as the reference.
+    """
+    device = torch.device(device) if device is not None else reference.device
+    dtype = _model_dtype(model)
+    clean_reference = _reference_latent(reference).to(device, torch.float32)
+    previous: list[torch.Tensor] | None = None     # frame i-1's latent at each step
+    with tqdm(total=len(conditions), unit="frame", desc=desc, disable=not progress) as bar:
+        for i in range(len(conditions)):
+            masked, audio = (x.to(device) for x in conditions.window(i, i + 1))
+            sched = _fresh_scheduler(scheduler, steps)
+            generators = [frame_generator(seed, i)]
+            z = _frame_noise(generators, clean_reference.shape[1:], device) * sched.init_noise_sigma
+            trajectory = []
+            for k, t in enumerate(sched.timesteps):
+                trajectory.append(z)
+                ref = clean_reference if previous is None else previous[k]
+                eps = _predict_noise(model, sched.scale_model_input(z, t), masked, ref, audio, t, dtype)
+                z = _step(sched, eps, t, z, generators, eta, device)
+            previous = trajectory
+            bar.update(1)
+            yield z
+
+
+@torch.no_grad()
+def sample_lockstep(model, scheduler, conditions: FrameConditions, reference: torch.Tensor, *,
+                    steps: int, seed: int, chunk_size: int = 16, eta: float = 0.0, device=None,
+                    progress: bool = True, desc: str = "sampling") -> Iterator[torch.Tensor]:
+    """Denoise ``chunk_size`` frames at a time, all through each step together; yields (n, C, h, w) per chunk.
+
+    Same result as ``sample_frame_by_frame``. The last frame of each chunk
+    hands its latent at every step to the first frame of the next chunk.
+    Memory grows with ``chunk_size`` and ``steps``, not with clip length.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    device = torch.device(device) if device is not None else reference.device
+    dtype = _model_dtype(model)
+    clean_reference = _reference_latent(reference).to(device, torch.float32)
+    carried: list[torch.Tensor] | None = None      # last frame of the previous chunk, at each step
+    n_frames = len(conditions)
+    with tqdm(total=n_frames, unit="frame", desc=desc, disable=not progress) as bar:
+        for start in range(0, n_frames, chunk_size):
+            stop = min(start + chunk_size, n_frames)
+            masked, audio = (x.to(device) for x in conditions.window(start, stop))
+            sched = _fresh_scheduler(scheduler, steps)
+            generators = [frame_generator(seed, i) for i in range(start, stop)]
+            z = _frame_noise(generators, clean_reference.shape[1:], device) * sched.init_noise_sigma
+            last_frame_trajectory = []
+            for k, t in enumerate(sched.timesteps):
+                last_frame_trajectory.append(z[-1:])
+                first_ref = clean_reference if carried is None else carried[k]
+                refs = torch.cat([first_ref, z[:-1]])          # frame i sees frame i-1 at this same step
+                eps = _predict_noise(model, sched.scale_model_input(z, t), masked, refs, audio, t, dtype)
+                z = _step(sched, eps, t, z, generators, eta, device)
+            carried = last_frame_trajectory
+            bar.update(stop - start)
+            yield z
+
+
+def _step(sched, eps, t, z, generators, eta, device) -> torch.Tensor:
+    if _is_stochastic(sched, eta):
+        noise = _frame_noise(generators, z.shape[1:], device)
+        return sched.step(eps, t, z, eta=eta, variance_noise=noise).prev_sample
+    if sched.__class__.__name__ == "DDIMScheduler":
+        return sched.step(eps, t, z, eta=0.0).prev_sample
+    return sched.step(eps, t, z).prev_sample
+
+
+# --- which frames to use -----------------------------------------------------------
+
+def pick_reference_index(n_frames: int, target: int, rng: np.random.Generator,
+                         min_distance: int = REFERENCE_MIN_DISTANCE, valid: np.ndarray | None = None) -> int:
+    """A random frame at least ``min_distance`` frames from ``target`` (and with a face, if ``valid`` given).
+
+    Clips too short for that distance use the farthest usable frame.
+    """
+    candidates = np.arange(n_frames)
+    if valid is not None and valid.any():
+        candidates = candidates[np.asarray(valid, dtype=bool)]
+    far = candidates[np.abs(candidates - target) >= min_distance]
+    if len(far):
+        return int(rng.choice(far))
+    return int(candidates[np.argmax(np.abs(candidates - target))])
+
+
+def driving_frame_order(n_video_frames: int, n_audio_frames: int) -> np.ndarray:
+    """Which video frame to show at each audio frame when dubbing.
+
+    Audio longer than the video: the video plays forward, then backward, then
+    forward again (ping-pong: 0..n-1, n-2..1, 0..), so there is never a jump
+    cut. Audio shorter: the video is cut at the audio's end.
+    """
+    if n_video_frames < 1 or n_audio_frames < 0:
+        raise ValueError(f"need at least one video frame (got {n_video_frames}) and a non-negative audio length")
+    if n_video_frames == 1:
+        return np.zeros(n_audio_frames, dtype=np.int64)
+    period = 2 * (n_video_frames - 1)
+    phase = np.arange(n_audio_frames) % period
+    return np.where(phase < n_video_frames, phase, period - phase).astype(np.int64)

@@ -1,0 +1,86 @@
+"""The generation pipeline on the demo clips with tiny random models saved as the stages save them."""
+
+import av
+import numpy as np
+import pytest
+
+from dithead import watermark as wm
+from dithead.generate import DiTHeadPipeline, ModelDirectoryError, SampleSettings, audio_feature_extractor, nearest_valid
+from dithead.store import list_clips
+
+FPS = 25
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """models/{dit (+ ema/, scheduler/), vqgan_masked, vqgan_gt} with tiny random weights (64x64 crops, f = 4)."""
+    import torch
+
+    from dithead.dit import DiTHead, make_noise_scheduler
+    from dithead.vqgan import build_vqmodel
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("models")
+    for name in ("vqgan_masked", "vqgan_gt"):
+        build_vqmodel(image_size=64, channels=[8, 16, 16], layers_per_block=1, latent_channels=3,
+                      codebook_size=64, norm_groups=8).save_pretrained(root / name)
+    dit = DiTHead(sample_size=16, latent_channels=3, patch_size=2, hidden_size=32, depth=1, num_heads=2, audio_dim=32)
+    dit.save_pretrained(root / "dit")
+    dit.save_pretrained(root / "dit" / "ema")
+    make_noise_scheduler().save_pretrained(root / "dit" / "scheduler")
+    return root
+
+
+def probe(path):
+    with av.open(str(path)) as c:
+        v, a = c.streams.video[0], c.streams.audio[0]
+        return (sum(1 for _ in c.decode(video=0)), float(v.average_rate), float(a.duration * a.time_base),
+                dict(c.metadata))
+
+
+@pytest.mark.slow
+def test_sample_clip_writes_dubbed_watermarked_video(processed_demo, models, tmp_path):
+    clips = {c.name: c for c in list_clips(processed_demo / "data" / "processed")}
+    video, driver = clips["astronaut"], clips["astronaut_mirrored"]
+    pipe = DiTHeadPipeline.from_pretrained(models, device="cpu", mask_kernel_size=9, mask_sigma=2.0)
+    settings = SampleSettings(steps=2, chunk_size=16)
+
+    own = tmp_path / "own.mp4"
+    report = pipe.sample_clip(video, np.load(processed_demo / "data" / "features" / "astronaut.npy"),
+                              video.audio_path, own, settings, progress=False)
+    frames, fps, audio_s, tags = probe(own)
+    assert frames == report["frames"] == len(video) and fps == FPS
+    assert abs(audio_s - frames / FPS) <= 1 / FPS
+    assert tags[wm.SYNTHETIC_TAG] == "true" and tags[wm.MODEL_TAG] == "DiT-Head"
+    assert wm.detect_video(own)["watermarked"]
+
+    # Driven by a longer audio (40 extra frames): the video plays back and forth to cover it.
+    features = np.load(processed_demo / "data" / "features" / "astronaut_mirrored.npy")
+    features = np.concatenate([features, features[:40]])
+    dubbed = tmp_path / "dubbed.mp4"
+    report = pipe.sample_clip(video, features, driver.audio_path, dubbed, settings, progress=False)
+    assert report["ping_pong"] and report["frames"] == len(features)
+    assert probe(dubbed)[0] == len(features)
+
+
+@pytest.mark.slow
+def test_pipeline_call_on_a_raw_video_and_audio(demo_raw, models, tmp_path):
+    from dithead.preprocess import PreprocessConfig
+
+    pipe = DiTHeadPipeline.from_pretrained(models, device="cpu", mask_kernel_size=9, mask_sigma=2.0,
+                                           audio_features=audio_feature_extractor("mel", FPS, n_mels=32))
+    out = tmp_path / "out.mp4"
+    report = pipe(demo_raw / "astronaut.mp4", demo_raw / "astronaut_mirrored.wav", out, SampleSettings(steps=1),
+                  PreprocessConfig(size=64, smooth_frames=5, min_valid_frames=11), progress=False)
+    frames, fps, audio_s, _ = probe(out)
+    assert frames == report["frames"] and abs(audio_s - frames / FPS) <= 1 / FPS
+
+
+def test_missing_model_directory_names_the_stage(tmp_path):
+    with pytest.raises(ModelDirectoryError, match="dvc repro train_dit"):
+        DiTHeadPipeline.from_pretrained(tmp_path)
+
+
+def test_frames_without_a_face_borrow_the_nearest_landmarks():
+    valid = np.array([False, True, False, False, False, True, False])
+    assert nearest_valid(valid).tolist() == [1, 1, 1, 1, 5, 5, 5]

@@ -1,0 +1,105 @@
+"""2× frame interpolation: flow beats averaging on known motion; RIFE loads official-format weights."""
+
+import av
+import cv2
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from dithead.encode import write_video
+from dithead.interpolation import (FlowInterpolator, IFNet, RifeInterpolator, WeightsError, interpolate_video,
+                                   load_rife, make_interpolator)
+
+SIZE = 64
+
+
+def textured(seed, size):
+    rng = np.random.default_rng(seed)
+    return cv2.GaussianBlur(rng.integers(0, 255, (size, size, 3)).astype(np.float32), (0, 0), 2.0)
+
+
+def scene(shift: float) -> np.ndarray:
+    """A textured square moved ``shift`` pixels right over a static textured background."""
+    frame = textured(0, SIZE) * 0.6 + 40
+    square = textured(1, 24)
+    matrix = np.float32([[1, 0, 12 + shift], [0, 1, 20]])
+    moved = cv2.warpAffine(square, matrix, (SIZE, SIZE), flags=cv2.INTER_LINEAR)
+    inside = cv2.warpAffine(np.ones((24, 24), np.float32), matrix, (SIZE, SIZE), flags=cv2.INTER_LINEAR)[..., None]
+    return np.clip(frame * (1 - inside) + moved * inside, 0, 255).round().astype(np.uint8)
+
+
+def psnr(a, b):
+    return 10 * np.log10(255 ** 2 / np.mean((a.astype(np.float64) - b) ** 2))
+
+
+def test_flow_middle_frame_beats_averaging_on_known_motion():
+    frame0, truth, frame1 = scene(0), scene(3), scene(6)
+    middle = FlowInterpolator().middle(frame0, frame1)
+    average = ((frame0.astype(np.float32) + frame1) / 2).round().astype(np.uint8)
+    flow_psnr, average_psnr = psnr(middle, truth), psnr(average, truth)
+    print(f"middle frame PSNR: flow {flow_psnr:.1f} dB, averaging {average_psnr:.1f} dB")
+    assert flow_psnr > average_psnr + 3
+
+
+def test_static_frames_stay_the_same():
+    frame = scene(0)
+    assert np.abs(FlowInterpolator().middle(frame, frame).astype(int) - frame).max() <= 1
+
+
+@pytest.fixture(scope="module")
+def rife_weights(tmp_path_factory):
+    """Random IFNet weights saved as the official release stores them: torch.save(state_dict) in flownet.pkl."""
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("train_log")
+    model = IFNet().eval()
+    torch.save(model.state_dict(), directory / "flownet.pkl")
+    return directory, model
+
+
+def test_rife_loads_official_format_and_runs(rife_weights):
+    directory, model = rife_weights
+    frame0, frame1 = scene(0), scene(6)
+    loaded = RifeInterpolator.from_weights(directory)              # train_log directory or the file itself
+    middle = loaded.middle(frame0, frame1)
+    assert middle.shape == frame0.shape and middle.dtype == np.uint8
+    direct = RifeInterpolator(model).middle(frame0, frame1)
+    assert np.array_equal(middle, direct)
+    # A checkpoint saved from DistributedDataParallel ("module." keys) loads the same.
+    ddp_file = directory / "ddp.pkl"
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, ddp_file)
+    assert np.array_equal(RifeInterpolator.from_weights(ddp_file).middle(frame0, frame1), direct)
+
+
+def test_rife_pads_sizes_that_are_not_multiples_of_32(rife_weights):
+    directory, _ = rife_weights
+    frame = np.zeros((50, 70, 3), np.uint8)
+    assert RifeInterpolator.from_weights(directory).middle(frame, frame).shape == (50, 70, 3)
+
+
+def test_missing_or_wrong_weights_say_what_to_set(tmp_path):
+    with pytest.raises(WeightsError, match="set weights.rife in params.yaml"):
+        make_interpolator("rife", "")
+    with pytest.raises(WeightsError, match="flownet.pkl: RIFE weights not found"):
+        load_rife(tmp_path)
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pkl")
+    with pytest.raises(WeightsError, match="not a RIFE HD v3 flownet.pkl"):
+        load_rife(tmp_path / "other.pkl")
+    assert make_interpolator("auto", "").name == "flow"
+
+
+@pytest.mark.parametrize("method", ["flow", "rife"])
+def test_interpolated_video_doubles_fps_and_keeps_audio(tmp_path, rife_weights, method):
+    wav = tmp_path / "a.wav"
+    sf.write(str(wav), (0.2 * np.sin(np.arange(16000 * 2) / 10)).astype(np.float32), 16000)
+    source = tmp_path / "in.mp4"
+    write_video(source, (scene(k) for k in range(10)), fps=25, audio=wav, metadata={"synthetic": "true"})
+    out = tmp_path / "out.mp4"
+    report = interpolate_video(source, out, method=method, weights_path=rife_weights[0], progress=False)
+    assert report.method == method and report.input_frames == 10 and report.output_frames == 20
+    with av.open(str(out)) as c:
+        video, audio = c.streams.video[0], c.streams.audio[0]
+        assert float(video.average_rate) == 50
+        assert sum(1 for _ in c.decode(video=0)) == 20
+        assert abs(float(audio.duration * audio.time_base) - 0.4) <= 1 / 50
+        assert c.metadata["synthetic"] == "true" and c.metadata["interpolation"] == f"2x {method}"

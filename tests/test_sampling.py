@@ -1,0 +1,115 @@
+"""Evolving inference: lockstep sampling equals the frame-by-frame order."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from dithead.sampling import (TensorConditions, driving_frame_order, make_scheduler, pick_reference_index,
+                              sample_frame_by_frame, sample_lockstep)
+
+C, CM, H, W, D = 3, 3, 8, 8, 6
+
+
+@dataclass
+class Output:
+    sample: torch.Tensor
+
+
+class StandInDiT(torch.nn.Module):
+    """Called like the DiT: model(sample, masked, reference, audio, timestep).sample -> noise like sample.
+
+    Non-linear in every input, so a frame given the wrong reference, audio or
+    step gives a different result.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.image = torch.nn.Conv2d(C + CM + C, 16, 3, padding=1)
+        self.audio = torch.nn.Linear(11 * D + 1, 16)
+        self.out = torch.nn.Conv2d(16, C, 3, padding=1)
+        self.calls = []
+
+    def forward(self, sample, masked, reference, audio, timestep):
+        self.calls.append((sample.clone(), reference.clone(), timestep.clone()))
+        cond = self.audio(torch.cat([audio.flatten(1), timestep[:, None].float() / 1000], 1))
+        h = torch.tanh(self.image(torch.cat([sample, masked, reference], 1)) + cond[:, :, None, None])
+        return Output(self.out(h))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    model = StandInDiT().eval()
+    n = 7
+    conditions = TensorConditions(torch.randn(n, CM, H, W), torch.randn(n, 11, D))
+    reference = torch.randn(1, C, H, W)
+    return model, conditions, reference
+
+
+def run(sampler, model, conditions, reference, **kwargs):
+    return torch.cat(list(sampler(model, kwargs.pop("scheduler"), conditions, reference, progress=False, **kwargs)))
+
+
+@pytest.mark.parametrize("solver,eta", [("ddim", 0.0), ("ddim", 1.0), ("dpmsolver++", 0.0)])
+def test_lockstep_equals_frame_by_frame_across_chunk_borders(setup, solver, eta):
+    model, conditions, reference = setup
+    scheduler = make_scheduler(solver)
+    reference_frames = run(sample_frame_by_frame, model, conditions, reference,
+                           scheduler=scheduler, steps=6, seed=3, eta=eta)
+    for chunk in (1, 3, 7, 16):   # 3 puts chunk borders after frames 2 and 5
+        lockstep = run(sample_lockstep, model, conditions, reference,
+                       scheduler=scheduler, steps=6, seed=3, eta=eta, chunk_size=chunk)
+        assert lockstep.shape == (len(conditions), C, H, W)
+        torch.testing.assert_close(lockstep, reference_frames, rtol=1e-5, atol=1e-5)
+
+
+def test_every_later_frame_sees_previous_frames_noisy_latent_at_same_step(setup):
+    _, conditions, reference = setup
+    model = StandInDiT().eval()
+    steps = 4
+    list(sample_frame_by_frame(model, make_scheduler("ddim"), conditions, reference,
+                               steps=steps, seed=0, progress=False))
+    calls = model.calls                      # frame-major: frame i, step k is call i * steps + k
+    for k in range(steps):
+        torch.testing.assert_close(calls[k][1], reference)       # frame 0: the clean reference frame
+    for i in range(1, len(conditions)):
+        for k in range(steps):
+            sample_prev, ref, t = calls[(i - 1) * steps + k][0], calls[i * steps + k][1], calls[i * steps + k][2]
+            torch.testing.assert_close(ref, sample_prev)
+            assert t.item() == calls[(i - 1) * steps + k][2].item()
+
+
+def test_seed_changes_frames_and_is_reproducible(setup):
+    model, conditions, reference = setup
+    scheduler = make_scheduler("ddim")
+    a = run(sample_lockstep, model, conditions, reference, scheduler=scheduler, steps=3, seed=1, chunk_size=4)
+    b = run(sample_lockstep, model, conditions, reference, scheduler=scheduler, steps=3, seed=1, chunk_size=4)
+    c = run(sample_lockstep, model, conditions, reference, scheduler=scheduler, steps=3, seed=2, chunk_size=4)
+    assert torch.equal(a, b)
+    assert (a - c).abs().mean() > 0.1
+
+
+def test_unknown_solver_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown solver 'euler'"):
+        make_scheduler("euler")
+
+
+def test_reference_frame_is_far_enough_or_farthest():
+    rng = np.random.default_rng(0)
+    picks = [pick_reference_index(200, 10, rng) for _ in range(50)]
+    assert all(abs(p - 10) >= 60 for p in picks)
+    assert len(set(picks)) > 10
+    assert pick_reference_index(30, 5, rng) == 29                 # clip too short: farthest frame
+    valid = np.ones(200, bool)
+    valid[70:] = False
+    assert pick_reference_index(200, 5, rng, valid=valid) in range(65, 70)
+
+
+def test_driving_order_ping_pongs_long_audio_and_cuts_short_audio():
+    assert driving_frame_order(4, 11).tolist() == [0, 1, 2, 3, 2, 1, 0, 1, 2, 3, 2]
+    assert driving_frame_order(5, 3).tolist() == [0, 1, 2]
+    assert driving_frame_order(1, 3).tolist() == [0, 0, 0]
+    order = driving_frame_order(10, 1000)
+    assert np.abs(np.diff(order)).max() == 1                        # never a jump cut
