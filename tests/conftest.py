@@ -69,10 +69,12 @@ def copy_project(dest: Path) -> Path:
         if src.is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
-    git = ["git", "-c", "user.name=dithead-tests", "-c", "user.email=tests@dithead.invalid"]
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
-    subprocess.run(git + ["add", "-A"], cwd=dest, check=True)
-    subprocess.run(git + ["commit", "-q", "-m", "project"], cwd=dest, check=True)
+    # A repository-local identity: `dvc exp run` commits experiment refs.
+    subprocess.run(["git", "config", "user.name", "dithead-tests"], cwd=dest, check=True)
+    subprocess.run(["git", "config", "user.email", "tests@dithead.invalid"], cwd=dest, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
+    subprocess.run(["git", "commit", "-q", "-m", "project"], cwd=dest, check=True)
     return dest
 
 
