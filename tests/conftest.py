@@ -89,3 +89,44 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 1200):
     if proc.returncode != 0:
         pytest.fail(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+def sigterm_self_when(ready):
+    """Context: send this process SIGTERM once ``ready()`` is true (a stage under test runs in-process)."""
+    import contextlib
+    import signal
+    import threading
+    import time
+
+    @contextlib.contextmanager
+    def sending():
+        def send():
+            while not ready():
+                time.sleep(0.02)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        yield
+        sender.join()
+
+    return sending()
+
+
+def run_until_sigkill(command: list[str], cwd: Path, log: Path, ready) -> int:
+    """Run ``command`` and SIGKILL it (no chance to save) once ``ready()`` is true; returns its exit code."""
+    import signal
+    import subprocess
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(log, "wb") as output:
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            while not ready() and process.poll() is None:
+                time.sleep(0.02)
+            process.send_signal(signal.SIGKILL)
+            return process.wait(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()

@@ -6,9 +6,7 @@ import importlib.util
 import json
 import os
 import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import yaml
 from diffusers import VQModel
 from safetensors.torch import load_file
 
+from conftest import run_until_sigkill, sigterm_self_when
 from dithead.datasets import FrameDataset, split_frames
 from dithead.store import list_clips
 from dithead.training import GracefulStop, StepSampler
@@ -211,34 +210,17 @@ def test_interrupted_training_resumes_to_the_uninterrupted_result(reference_run,
     workdir = make_workdir(tmp_path / "interrupted", processed_demo)
 
     # 1. SIGTERM: the stage saves a checkpoint at the current step and exits with a message.
-    def send_sigterm_after_first_checkpoint():
-        while not checkpoint_steps(workdir):
-            time.sleep(0.02)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    sender = threading.Thread(target=send_sigterm_after_first_checkpoint, daemon=True)
-    sender.start()
-    with pytest.raises(SystemExit, match=r"interrupted at step (\d+)") as stopped:
-        run_stage(workdir, monkeypatch)
-    sender.join()
+    with sigterm_self_when(lambda: bool(checkpoint_steps(workdir))):
+        with pytest.raises(SystemExit, match=r"interrupted at step (\d+)") as stopped:
+            run_stage(workdir, monkeypatch)
     stopped_at = max(checkpoint_steps(workdir))
     assert f"step {stopped_at};" in str(stopped.value) and 10 <= stopped_at < 40
 
     # 2. SIGKILL (no chance to save) once a newer checkpoint exists.
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     log = tmp_path / "stage.log"
-    with open(log, "wb") as output:
-        process = subprocess.Popen([sys.executable, str(STAGE), "--which", "gt"], cwd=workdir, env=env,
-                                   stdout=output, stderr=subprocess.STDOUT)
-        try:
-            while max(checkpoint_steps(workdir), default=0) <= stopped_at and process.poll() is None:
-                time.sleep(0.02)
-            process.send_signal(signal.SIGKILL)
-            process.wait(timeout=60)
-        finally:
-            if process.poll() is None:
-                process.kill()
-    assert process.returncode == -signal.SIGKILL, log.read_text()[-2000:]
+    code = run_until_sigkill([sys.executable, str(STAGE), "--which", "gt"], workdir, log,
+                            lambda: max(checkpoint_steps(workdir), default=0) > stopped_at)
+    assert code == -signal.SIGKILL, log.read_text()[-2000:]
     assert not (workdir / "models" / "vqgan_gt").exists()
 
     # 3. The same command again finishes the run.
