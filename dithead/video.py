@@ -131,12 +131,19 @@ def _pyav_frames(path) -> Iterator[tuple[int, float, np.ndarray]]:
             for frame in container.decode(stream):
                 t = frame.time if frame.time is not None else last_time + fallback_step
                 last_time = t
-                yield i, float(t), frame.to_ndarray(format="rgb24")
+                yield i, float(t), _upright(frame)
                 i += 1
         except av.error.FFmpegError as exc:
             if i == 0:
                 raise VideoError(path, f"no frame could be decoded ({exc})") from None
             # A truncated file: keep the frames decoded so far.
+
+
+def _upright(frame) -> np.ndarray:
+    """RGB array of a PyAV frame, turned by the stream's display rotation (phone videos), as decord does."""
+    image = frame.to_ndarray(format="rgb24")
+    quarter_turns = int(round(frame.rotation / 90)) % 4 if frame.rotation else 0
+    return np.ascontiguousarray(np.rot90(image, quarter_turns)) if quarter_turns else image
 
 
 def iter_frames(path: str | os.PathLike, fps: float = 25.0, num_threads: int = 1) -> Iterator[Frame]:

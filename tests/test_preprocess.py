@@ -235,3 +235,24 @@ def test_identity_comes_from_the_name_prefix():
 
     assert clip_identity("WRA_Obama__03") == "WRA_Obama"
     assert clip_identity("astronaut") == "astronaut"
+
+
+def test_rotated_phone_video_is_decoded_upright(tmp_path, monkeypatch):
+    import dithead.video as video
+
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+        stream.set_display_rotation(90)                         # stored landscape, shown portrait
+        for _ in range(3):
+            image = np.zeros((32, 64, 3), np.uint8)
+            image[:, :16] = 255                                  # a white band on the stored left edge
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    decoded = next(iter_frames(path)).image
+    monkeypatch.setattr(video, "_open_decord", lambda *a: (_ for _ in ()).throw(RuntimeError("no decord")))
+    fallback = next(iter_frames(path)).image
+    for image in (decoded, fallback):
+        assert image.shape == (64, 32, 3)
+        assert image[48:, :, 0].mean() > 200 and image[:40, :, 0].mean() < 50   # the band is now at the bottom
