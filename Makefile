@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo test bench clean-demo
+.PHONY: setup demo test bench
 
 setup: $(VENV)/.installed
 

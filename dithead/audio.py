@@ -83,12 +83,13 @@ def _read_pyav(path: Path):
         resampler = av.AudioResampler(format="flt", layout=stream.layout.name, rate=rate)
         chunks = []
         try:
-            for frame in [*container.decode(stream), None]:   # None flushes the resampler
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1, channels))
+            for frame in container.decode(stream):
+                chunks += [out.to_ndarray().reshape(-1, channels) for out in resampler.resample(frame)]
         except av.error.FFmpegError as exc:
             if not chunks:
                 raise AudioError(path, f"audio could not be decoded ({exc})") from None
+            # A truncated file: keep the audio decoded so far.
+        chunks += [out.to_ndarray().reshape(-1, channels) for out in resampler.resample(None)]
     data = np.concatenate(chunks) if chunks else np.zeros((0, channels), np.float32)
     return data.astype(np.float32), int(rate), int(channels)
 

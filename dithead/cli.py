@@ -51,7 +51,8 @@ def cmd_features(args) -> int:
     import numpy as np
     import soundfile as sf
 
-    from .features import default_device, frame_features, load_wav2vec2
+    from .device import default_device
+    from .features import frame_features, load_wav2vec2
     from .fileio import atomic_path
     from .store import ProcessedClip
 
@@ -69,10 +70,11 @@ def cmd_features(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from .features import default_device
+    from .device import default_device
     from .fileio import atomic_path
     from .generate import DiTHeadPipeline, SampleSettings, audio_feature_extractor
     from .params import load_params
+    from .preprocess import PreprocessConfig
 
     params = load_params(args.params)
     p, features = params["sample"], params["audio_features"]
@@ -92,7 +94,8 @@ def cmd_generate(args) -> int:
                               min_reference_distance=params["dit"]["min_ref_distance"])
     out = Path(args.out)
     with atomic_path(out) as tmp:
-        report = pipe(args.video, args.audio, tmp, settings)
+        # Crop exactly as the training data was cropped (margin, smoothing, size).
+        report = pipe(args.video, args.audio, tmp, settings, PreprocessConfig.from_params(params))
         if args.interpolate:
             from .interpolation import interpolate_video
             from .watermark import embed, message_bits

@@ -14,21 +14,22 @@ beside it (both input forms preprocess accepts).
 
 from __future__ import annotations
 
-import itertools
 import os
+import tempfile
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import cv2
 import numpy as np
 from scipy.special import expit
 
+from . import encode
 from .audio import write_wav
 from .fileio import atomic_path
 
 FPS = 30
 SAMPLE_RATE = 44100
+DEMO_PRESET = "veryfast"        # x264 speed preset: the clips are remade by tests, quality at CRF 18 is ample
 FRAME_BOX = (60, 0, 380, 320)   # x0, y0, x1, y1 of the photo shown (face ~95 px wide)
 # Face landmarks in the cut-out's pixels (from mediapipe's face mesh on the photo).
 MOUTH_X = 223.0 - FRAME_BOX[0]
@@ -123,29 +124,19 @@ def render_clip(clip: DemoClip, out_dir: str | os.PathLike, seconds: float = 4.0
 
 
 def write_video(path: str | os.PathLike, frames, fps: float, audio: np.ndarray | None = None,
-                sample_rate: int = SAMPLE_RATE, codec: str = "libx264") -> None:
-    """Encode RGB ``frames`` (an iterable, streamed) as H.264 yuv420p, with mono AAC ``audio`` if given."""
-    import av
+                sample_rate: int = SAMPLE_RATE) -> None:
+    """Encode RGB ``frames`` (an iterable, streamed) as H.264 yuv420p, with mono AAC ``audio`` if given.
 
-    frames = iter(frames)
-    first = next(frames)
-    with av.open(str(path), mode="w") as container:
-        # Every stream must exist before the first packet is written.
-        video = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001),
-                                     options={"crf": "18", "preset": "veryfast"})
-        video.height, video.width = first.shape[:2]
-        video.pix_fmt = "yuv420p"
-        sound = container.add_stream("aac", rate=sample_rate, layout="mono") if audio is not None else None
-        for image in itertools.chain([first], frames):
-            container.mux(video.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")))
-        container.mux(video.encode())
-        if sound is not None:
-            for start in range(0, len(audio), 1024):
-                block = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio[None, start:start + 1024], np.float32),
-                                                   format="flt", layout="mono")
-                block.sample_rate, block.pts = sample_rate, start
-                container.mux(sound.encode(block))
-            container.mux(sound.encode())
+    ``audio``: float32 samples at ``sample_rate``. The encoder reads audio
+    from a file, so the samples go through a temporary float WAV (lossless).
+    """
+    if audio is None:
+        encode.write_video(path, frames, fps, preset=DEMO_PRESET)
+        return
+    with tempfile.TemporaryDirectory() as work:
+        wav = Path(work) / "audio.wav"
+        write_wav(wav, np.asarray(audio, np.float32), sample_rate)
+        encode.write_video(path, frames, fps, preset=DEMO_PRESET, audio=wav)
 
 
 def make_demo_data(out_dir: str | os.PathLike, seconds: float = 4.0) -> list[Path]:

@@ -43,12 +43,21 @@ class VideoWriter:
         self.n_frames = 0
         self._options = {"crf": str(int(crf)), "preset": preset} if bitrate is None else {"preset": preset}
         self._bitrate = bitrate
+        self._video = None
+        # The audio is checked before the output exists, so a bad audio file leaves no broken video behind.
+        self._audio = _AudioFeed(audio) if audio is not None else None
         self._container = av.open(str(self.path), mode="w", format="mp4",
                                   options={"movflags": "use_metadata_tags"})
-        for key, value in (metadata or {}).items():
-            self._container.metadata[key] = str(value)
-        self._video = None
-        self._audio = _AudioFeed(self._container, audio) if audio is not None else None
+        try:
+            for key, value in (metadata or {}).items():
+                self._container.metadata[key] = str(value)
+            if self._audio is not None:
+                self._audio.attach(self._container)
+        except BaseException:
+            self._container.close()
+            self._container = None
+            self.path.unlink(missing_ok=True)
+            raise
 
     def write(self, frame: np.ndarray) -> None:
         """Append one RGB uint8 frame (H, W, 3)."""
@@ -103,19 +112,27 @@ def _even_sized(frame: np.ndarray) -> np.ndarray:
 
 
 class _AudioFeed:
-    """Reads an audio file block by block and encodes it to AAC up to a given time."""
+    """Reads an audio file block by block and encodes it to AAC up to a given time.
 
-    def __init__(self, container, source: str | os.PathLike):
+    Opening the file (and failing on a bad one) is separate from ``attach``,
+    which adds the AAC stream to the output container.
+    """
+
+    def __init__(self, source: str | os.PathLike):
         self.source = Path(source)
         if not self.source.is_file():
             raise EncodeError(f"{self.source}: audio file not found")
         self._blocks, self.sample_rate, self.channels = _open_audio(self.source)
         self._pending = np.zeros((0, self.channels), np.float32)
+        self._container = None
+        self.stream = None
+        self._written = 0
+
+    def attach(self, container) -> None:
         self._container = container
         self.stream = container.add_stream("aac", rate=self.sample_rate)
         self.stream.layout = "mono" if self.channels == 1 else "stereo"
         self.stream.bit_rate = AUDIO_BITRATE
-        self._written = 0
 
     def feed_until(self, seconds: Fraction) -> None:
         target = int(round(seconds * self.sample_rate))

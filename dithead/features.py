@@ -15,7 +15,6 @@ averaged into video frames: frame k gets the rows whose centres fall in
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -148,8 +147,3 @@ def frame_features(samples: np.ndarray, sample_rate: int, n_frames: int, fps: fl
         raise ValueError(f"audio_features.encoder must be 'mel' or 'wav2vec2', not {encoder!r}")
     return pool_to_frames(rows, FEATURE_RATE, n_frames, fps)
 
-
-def default_device() -> str:
-    import torch
-
-    return os.environ.get("DITHEAD_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")

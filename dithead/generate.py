@@ -22,6 +22,7 @@ grow with the length of the video.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
 import time
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 
 from . import watermark as wm
+from .datasets import tensor_to_image
 from .dit_data import decode_latents, encode_latents
 from .encode import DEFAULT_CRF, VideoWriter
 from .face import paste_back
@@ -82,22 +84,37 @@ def nearest_valid(valid: np.ndarray) -> np.ndarray:
 
 
 class ClipConditions:
-    """The sampler's per-frame conditions for one clip, encoded chunk by chunk on request."""
+    """The sampler's per-frame conditions for one clip, encoded chunk by chunk on request.
+
+    ``mask_cache_size``: lower-face masks kept for reuse. Each output frame's
+    mask is needed twice, to encode the masked crop and to paste the
+    generated one back, and ping-pong repeats frames just after turning; both
+    happen within about two chunks, so ``2 * chunk_size`` masks are enough
+    and memory stays bounded.
+    """
 
     def __init__(self, clip: ProcessedClip, order: np.ndarray, features: np.ndarray, vq_masked,
-                 mask_kernel_size: int, mask_sigma: float, device: torch.device, autocast, audio_window: int = 11):
+                 mask_kernel_size: int, mask_sigma: float, device: torch.device, autocast, audio_window: int = 11,
+                 mask_cache_size: int = 32):
         self.clip, self.order, self.features = clip, order, features
         self.vq_masked, self.device, self.autocast = vq_masked, device, autocast
         self.mask_kernel_size, self.mask_sigma, self.audio_window = mask_kernel_size, mask_sigma, audio_window
         self.landmark_frame = nearest_valid(np.asarray(clip.valid))
+        self._landmark_mask = functools.lru_cache(maxsize=mask_cache_size)(self._compute_mask)
 
     def __len__(self) -> int:
         return len(self.order)
 
     def mask(self, video_frame: int) -> np.ndarray:
+        """Read-only (H, W) float32 mask of ``video_frame``'s crop (a frame without a face borrows the nearest's)."""
+        return self._landmark_mask(int(self.landmark_frame[video_frame]))
+
+    def _compute_mask(self, landmark_frame: int) -> np.ndarray:
         size = int(self.clip.meta["size"])
-        landmarks = np.asarray(self.clip.landmarks[self.landmark_frame[video_frame]])
-        return lower_face_mask(landmarks, (size, size), self.mask_kernel_size, self.mask_sigma)
+        landmarks = np.asarray(self.clip.landmarks[landmark_frame])
+        mask = lower_face_mask(landmarks, (size, size), self.mask_kernel_size, self.mask_sigma)
+        mask.flags.writeable = False        # shared by every caller through the cache
+        return mask
 
     def window(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         frames = self.order[start:stop]
@@ -198,7 +215,8 @@ class DiTHeadPipeline:
         video_path = Path(video_path or clip.meta["source"]["video"])
         order = driving_frame_order(len(clip), len(features))
         conditions = ClipConditions(clip, order, features, self.vq_masked, self.mask_kernel_size, self.mask_sigma,
-                                    self.device, self._autocast, getattr(self.dit.config, "audio_window", 11))
+                                    self.device, self._autocast, getattr(self.dit.config, "audio_window", 11),
+                                    mask_cache_size=2 * settings.chunk_size)
         reference, reference_index = self._reference_latent(clip, int(order[0]), settings)
         bits = wm.message_bits(settings.watermark_message)
         start = time.perf_counter()
@@ -213,7 +231,7 @@ class DiTHeadPipeline:
             for latents in chunks:
                 with self._autocast():
                     crops = decode_latents(self.vq_gt, latents).float()
-                crops = ((crops + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
+                crops = tensor_to_image(crops)
                 for crop in crops:
                     frame = next(frames)
                     v = int(order[k])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -211,17 +212,31 @@ class FlowInterpolator:
 
 
 def _remap(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
-    h, w = flow.shape[:2]
-    grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    grid_x, grid_y = _pixel_grid(*flow.shape[:2])
     return cv2.remap(image, grid_x + flow[..., 0], grid_y + flow[..., 1], cv2.INTER_LINEAR,
                      borderMode=cv2.BORDER_REPLICATE)
+
+
+@lru_cache(maxsize=4)
+def _pixel_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel x and y coordinates of a frame; every frame of a video has the same size, so built once.
+
+    Read-only: callers add the flow into new arrays and must never change these.
+    """
+    grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    grid_x.flags.writeable = grid_y.flags.writeable = False
+    return grid_x, grid_y
 
 
 # --- whole videos -----------------------------------------------------------------
 
 def make_interpolator(method: str = "auto", weights_path: str | os.PathLike | None = None,
-                      device: str | torch.device = "cpu"):
-    """``rife`` (needs weights), ``flow``, or ``auto``: RIFE when weights are configured, else flow."""
+                      device: str | torch.device = "cpu") -> RifeInterpolator | FlowInterpolator:
+    """``rife`` (needs weights), ``flow``, or ``auto``: RIFE when weights are configured, else flow.
+
+    Build it once and pass it to ``interpolate_video`` for every video: RIFE
+    loads its weights here.
+    """
     if method not in METHODS:
         raise ValueError(f"unknown interpolation method {method!r}: choose one of {', '.join(METHODS)}")
     if method == "rife" or (method == "auto" and weights_path):
@@ -242,9 +257,12 @@ class InterpolationReport:
 def interpolate_video(input_path: str | os.PathLike, output_path: str | os.PathLike, method: str = "auto",
                       weights_path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                       crf: int | None = None, mark: Callable[[np.ndarray], np.ndarray] | None = None,
-                      metadata: dict[str, str] | None = None, progress: bool = True) -> InterpolationReport:
+                      metadata: dict[str, str] | None = None, progress: bool = True,
+                      interpolator: RifeInterpolator | FlowInterpolator | None = None) -> InterpolationReport:
     """Write ``input_path`` at twice its frame rate to ``output_path``, with its audio.
 
+    ``interpolator``: one from ``make_interpolator``, reused across videos;
+    when None, one is made from ``method``, ``weights_path`` and ``device``.
     N frames become 2N (the last one shown twice), so the duration is unchanged.
     ``mark`` (e.g. the provenance watermark) is applied to every new frame;
     the input's container tags are kept, ``metadata`` added, and the method
@@ -256,7 +274,8 @@ def interpolate_video(input_path: str | os.PathLike, output_path: str | os.PathL
     from dithead.video import iter_source_frames, probe_video
 
     info = probe_video(input_path)
-    interpolator = make_interpolator(method, weights_path, device)
+    if interpolator is None:
+        interpolator = make_interpolator(method, weights_path, device)
     with av.open(str(input_path)) as container:
         tags = {k: v for k, v in container.metadata.items() if k not in ("major_brand", "minor_version",
                                                                          "compatible_brands", "encoder")}

@@ -20,6 +20,8 @@ PROFILES_DIR = "profiles"
 
 def load_params(path: str | os.PathLike = PARAMS_FILE) -> dict[str, Any]:
     """The whole params file as a dict."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: params file not found (run from the project folder, or pass its path)")
     with open(path, encoding="utf-8") as f:
         return yaml.safe_load(f) or {}
 

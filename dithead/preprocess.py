@@ -13,6 +13,7 @@ import os
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -43,6 +44,15 @@ class PreprocessConfig:
     min_valid_frames: int = 25
     codec: str = "jpg"
     jpeg_quality: int = 95
+
+    @classmethod
+    def from_params(cls, params: dict) -> "PreprocessConfig":
+        """The ``data`` and ``preprocess`` sections of params.yaml (shared by the stage and ``dithead generate``)."""
+        p = params["preprocess"]
+        return cls(fps=params["data"]["fps"], sample_rate=params["data"]["sample_rate"], size=p["size"],
+                   margin=p["margin"], smooth_frames=p["smooth_frames"],
+                   detection_confidence=p["detection_confidence"], tracking_confidence=p["tracking_confidence"],
+                   min_valid_frames=p["min_valid_frames"], codec=p["codec"], jpeg_quality=p["jpeg_quality"])
 
 
 class ClipSkipped(Exception):
@@ -204,11 +214,21 @@ def process_dir(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: Pre
     else:
         # spawn: mediapipe's graphs must not be forked from a parent process.
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            for future in as_completed([pool.submit(_process_one, job) for job in jobs]):
-                results.append(future.result())
+            futures = {pool.submit(_process_one, job): job for job in jobs}
+            for future in as_completed(futures):
+                results.append(_result_or_crash(future, futures[future][0]))
                 bar.update()
     bar.close()
     return sorted(results, key=lambda r: r.name)
+
+
+def _result_or_crash(future, video: Path) -> ClipResult:
+    """The worker's result; a worker that died (segfault, out of memory) skips only its clip."""
+    try:
+        return future.result()
+    except BrokenProcessPool as exc:
+        return ClipResult(Path(video).stem, str(video), False,
+                          reason=f"{video}: the worker processing it crashed ({exc}); retry with preprocess.workers: 1")
 
 
 def report(results: list[ClipResult]) -> dict:

@@ -29,6 +29,8 @@ mediapipe's ``opencv-contrib-python``.)
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -188,11 +190,13 @@ def detect_video(path: str | os.PathLike, message: str = DEFAULT_MESSAGE, streng
     probe_video(path)                               # clear error for missing or unreadable files
     with av.open(str(path)) as container:
         tags = dict(container.metadata)
-    frames = (img for i, _, img in iter_source_frames(path) if max_frames is None or i < max_frames)
-    try:
-        found = detect_frames(frames, message_bits(message), strength, key)
-    except ValueError:
-        raise VideoError(path, "contains no decodable frames") from None
+    # islice stops decoding after ``max_frames``; closing the generator releases the decoder at once.
+    with contextlib.closing(iter_source_frames(path)) as decoded:
+        frames = (img for _, _, img in itertools.islice(decoded, max_frames))
+        try:
+            found = detect_frames(frames, message_bits(message), strength, key)
+        except ValueError as error:   # no frames, or frames too small to carry the mark
+            raise VideoError(path, str(error)) from None
     return {
         "path": str(path),
         "watermarked": found.watermarked,

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dithead.features import default_device
+from dithead.device import default_device
 from dithead.fileio import atomic_path, write_json
-from dithead.metrics.video import EvalConfig, evaluate_samples
+from dithead.metrics.video import EvalConfig, EvaluationError, evaluate_samples
 from dithead.params import load_params
 
 SAMPLES = Path("outputs/samples")
@@ -43,8 +43,11 @@ def main() -> int:
     with atomic_path(OUT_DIR) as out:
         out.mkdir(parents=True)
         side_by_side = (first, out / f"{first}_side_by_side.mp4") if first else None
-        evaluation = evaluate_samples(SAMPLES, params["data"]["raw_dir"], params.get("weights") or {},
-                                      config(params), side_by_side)
+        try:
+            evaluation = evaluate_samples(SAMPLES, params["data"]["raw_dir"], params.get("weights") or {},
+                                          config(params), side_by_side)
+        except EvaluationError as error:   # e.g. no generated videos
+            raise SystemExit(f"evaluate: {error}") from None
         write_json(out / "report.json", {"clips": {name: r.report for name, r in evaluation.results.items()},
                                          "failed": evaluation.failed})
     summary = evaluation.metrics_json()

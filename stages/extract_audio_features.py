@@ -9,7 +9,8 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from dithead.features import default_device, frame_features, load_wav2vec2
+from dithead.device import default_device
+from dithead.features import FeatureModelError, frame_features, load_wav2vec2
 from dithead.fileio import atomic_path, write_json
 from dithead.params import load_params
 from dithead.store import list_clips
@@ -22,7 +23,10 @@ def main() -> int:
     params = load_params()
     p, fps = params["audio_features"], params["data"]["fps"]
     device = default_device()
-    net = load_wav2vec2(p["model"], device) if p["encoder"] == "wav2vec2" else None
+    try:
+        net = load_wav2vec2(p["model"], device) if p["encoder"] == "wav2vec2" else None
+    except FeatureModelError as error:
+        raise SystemExit(f"extract_audio_features: {error}") from None
     dim = None
     with atomic_path(FEATURES) as tmp:
         tmp.mkdir(parents=True)

@@ -13,10 +13,12 @@ from functools import partial
 from pathlib import Path
 
 from dithead import watermark
-from dithead.features import default_device
+from dithead.device import default_device
+from dithead.encode import EncodeError
 from dithead.fileio import atomic_path, write_json
-from dithead.interpolation import interpolate_video
+from dithead.interpolation import WeightsError, interpolate_video, make_interpolator
 from dithead.params import load_params
+from dithead.video import VideoError
 
 SAMPLES = Path("outputs/samples")
 OUTPUT = Path("outputs/interpolated")
@@ -30,16 +32,24 @@ def main() -> int:
     videos = sorted(SAMPLES.rglob("*.mp4"))
     if not videos:
         raise SystemExit(f"interpolate: no videos in {SAMPLES} (run the sample stage first)")
+    try:
+        # One interpolator for all videos: RIFE's weights are loaded once.
+        interpolator = make_interpolator(p["method"], (params.get("weights") or {}).get("rife") or None,
+                                         default_device())
+    except (WeightsError, ValueError) as error:          # weights missing or wrong; unknown interpolate.method
+        raise SystemExit(f"interpolate: {error}") from None
     reports = {}
-    with atomic_path(OUTPUT) as out:
-        out.mkdir(parents=True)
-        for video in videos:
-            rel = video.relative_to(SAMPLES)
-            (out / rel).parent.mkdir(parents=True, exist_ok=True)
-            report = interpolate_video(video, out / rel, p["method"], (params.get("weights") or {}).get("rife") or None,
-                                       device=default_device(), crf=p["crf"], mark=mark)
-            reports[str(rel)] = asdict(report)
-        write_json(out / "report.json", reports)
+    try:
+        with atomic_path(OUTPUT) as out:
+            out.mkdir(parents=True)
+            for video in videos:
+                rel = video.relative_to(SAMPLES)
+                (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                report = interpolate_video(video, out / rel, crf=p["crf"], mark=mark, interpolator=interpolator)
+                reports[str(rel)] = asdict(report)
+            write_json(out / "report.json", reports)
+    except (VideoError, EncodeError) as error:               # an unreadable sample, or its unreadable audio
+        raise SystemExit(f"interpolate: {error}") from None
     methods = sorted({r["method"] for r in reports.values()})
     print(f"interpolate: {len(reports)} videos -> {OUTPUT} (method: {', '.join(methods)})")
     return 0

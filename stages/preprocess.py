@@ -16,20 +16,15 @@ REPORT = Path("metrics/preprocess.json")
 PREVIEW_DIR = Path("metrics/preview")
 
 
-def config(params: dict) -> PreprocessConfig:
-    p = params["preprocess"]
-    return PreprocessConfig(
-        fps=params["data"]["fps"], sample_rate=params["data"]["sample_rate"], size=p["size"], margin=p["margin"],
-        smooth_frames=p["smooth_frames"], detection_confidence=p["detection_confidence"],
-        tracking_confidence=p["tracking_confidence"], min_valid_frames=p["min_valid_frames"],
-        codec=p["codec"], jpeg_quality=p["jpeg_quality"])
-
-
 def main() -> int:
     params = load_params()
     # Build into a temporary folder: a failed run never leaves a half-written data/processed.
     with atomic_path(PROCESSED) as tmp:
-        results = process_dir(params["data"]["raw_dir"], tmp, config(params), workers=params["preprocess"]["workers"])
+        try:
+            results = process_dir(params["data"]["raw_dir"], tmp, PreprocessConfig.from_params(params),
+                                  workers=params["preprocess"]["workers"])
+        except (FileNotFoundError, ValueError) as error:   # no raw folder, no videos, two clips with one name
+            raise SystemExit(f"preprocess: {error}") from None
         summary = report(results)
         write_json(REPORT, summary)
         for name, reason in summary["skipped_clips"].items():

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from dithead.features import default_device
+from dithead.device import default_device
 from dithead.fileio import atomic_path, write_json
 from dithead.generate import DiTHeadPipeline, ModelDirectoryError, SampleSettings
 from dithead.params import load_params
 from dithead.store import ProcessedClip
+from dithead.video import VideoError
 
 PROCESSED = Path("data/processed")
 FEATURES = Path("data/features")
@@ -37,7 +38,10 @@ def settings(params: dict) -> SampleSettings:
 
 def jobs(params: dict) -> list[tuple[str, str, Path]]:
     """(video clip, audio clip, output path relative to outputs/samples) for every video to make."""
-    split = json.loads((MODELS / "dit" / "split.json").read_text())
+    split_file = MODELS / "dit" / "split.json"
+    if not split_file.is_file():
+        raise SystemExit(f"sample: {split_file} not found (run the train_dit stage first)")
+    split = json.loads(split_file.read_text())
     todo = [(name, name, Path(f"{name}.mp4")) for name in split["validation"]]
     for pair in params["sample"]["dubbing"]:
         video, audio = pair["video"], pair["audio"]
@@ -46,6 +50,9 @@ def jobs(params: dict) -> list[tuple[str, str, Path]]:
         for name in (video, audio):
             if not (PROCESSED / name / "meta.json").is_file():
                 raise SystemExit(f"sample: clip '{name}' (sample.dubbing or split.json) is not in {PROCESSED}")
+            if not (FEATURES / f"{name}.npy").is_file():
+                raise SystemExit(f"sample: no audio features for '{name}' in {FEATURES} "
+                                 "(run the extract_audio_features stage)")
     return todo
 
 
@@ -65,8 +72,12 @@ def main() -> int:
         for video, audio, rel in jobs(params):
             audio_clip = ProcessedClip(PROCESSED / audio)
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
-            reports[str(rel)] = pipe.sample_clip(ProcessedClip(PROCESSED / video), np.load(FEATURES / f"{audio}.npy"),
-                                                 audio_clip.audio_path, out / rel, settings(params))
+            try:
+                reports[str(rel)] = pipe.sample_clip(ProcessedClip(PROCESSED / video),
+                                                     np.load(FEATURES / f"{audio}.npy"), audio_clip.audio_path,
+                                                     out / rel, settings(params))
+            except VideoError as error:   # the source video moved or changed since preprocess
+                raise SystemExit(f"sample: {error}") from None
             reports[str(rel)]["output"] = str(OUTPUT / rel)
         write_json(out / "report.json", reports)
     for rel, r in reports.items():

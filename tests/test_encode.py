@@ -68,7 +68,16 @@ def test_odd_frame_size_is_padded_to_even(tmp_path):
 def test_bad_input_is_a_clear_error(tmp_path):
     with pytest.raises(EncodeError, match="nope.wav: audio file not found"):
         VideoWriter(tmp_path / "x.mp4", audio=tmp_path / "nope.wav")
+    assert not (tmp_path / "x.mp4").exists()                # no half-written video beside the error
     with VideoWriter(tmp_path / "y.mp4") as writer:
         writer.write(np.zeros((64, 64, 3), np.uint8))
         with pytest.raises(EncodeError, match="frame 1 is 32x32, earlier frames were 64x64"):
             writer.write(np.zeros((32, 32, 3), np.uint8))
+
+
+def test_unreadable_audio_leaves_no_output_file(tmp_path):
+    not_audio = tmp_path / "notes.wav"
+    not_audio.write_text("not audio")
+    with pytest.raises(EncodeError, match="notes.wav: cannot be opened as audio"):
+        write_video(tmp_path / "v.mp4", frames(3), audio=not_audio)
+    assert list(tmp_path.iterdir()) == [not_audio]

@@ -84,3 +84,34 @@ def test_missing_model_directory_names_the_stage(tmp_path):
 def test_frames_without_a_face_borrow_the_nearest_landmarks():
     valid = np.array([False, True, False, False, False, True, False])
     assert nearest_valid(valid).tolist() == [1, 1, 1, 1, 5, 5, 5]
+
+
+def test_frame_masks_are_made_once_and_shared_by_encoding_and_paste_back(monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+
+    import dithead.generate as generate
+    from dithead.mask import lower_face_mask
+    from dithead.sampling import driving_frame_order
+
+    n, chunk = 12, 4
+    rng = np.random.default_rng(0)
+    landmarks = rng.uniform(10, 54, (n, 468, 2)).astype(np.float32)
+    valid = np.ones(n, bool)
+    valid[5], landmarks[5] = False, np.nan                  # no face: borrows frame 4's landmarks
+    clip = SimpleNamespace(meta={"size": 64}, landmarks=landmarks, valid=valid)
+    made = []
+    monkeypatch.setattr(generate, "lower_face_mask", lambda points, *a: made.append(1) or lower_face_mask(points, *a))
+    order = driving_frame_order(n, 30)                      # plays forward, back, forward again
+    conditions = generate.ClipConditions(clip, order, None, None, 9, 2.0, torch.device("cpu"), None,
+                                         mask_cache_size=2 * chunk)
+    for start in range(0, len(order), chunk):
+        frames = [int(v) for v in order[start:start + chunk]]
+        for_encoding = [conditions.mask(v) for v in frames]
+        before = len(made)
+        for_paste_back = [conditions.mask(v) for v in frames]
+        assert len(made) == before and all(a is b for a, b in zip(for_encoding, for_paste_back))
+    assert len(made) < len(order) - 5                       # frame 5 and repeats at the turns come from the cache
+    assert conditions.mask(5) is conditions.mask(4) and not conditions.mask(4).flags.writeable
+    assert np.array_equal(conditions.mask(3), lower_face_mask(landmarks[3], (64, 64), 9, 2.0))

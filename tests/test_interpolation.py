@@ -1,5 +1,8 @@
 """2× frame interpolation: flow beats averaging on known motion; RIFE loads official-format weights."""
 
+import runpy
+from pathlib import Path
+
 import av
 import cv2
 import numpy as np
@@ -12,6 +15,7 @@ from dithead.interpolation import (FlowInterpolator, IFNet, RifeInterpolator, We
                                    load_rife, make_interpolator)
 
 SIZE = 64
+REPO = Path(__file__).resolve().parents[1]
 
 
 def textured(seed, size):
@@ -103,3 +107,62 @@ def test_interpolated_video_doubles_fps_and_keeps_audio(tmp_path, rife_weights, 
         assert sum(1 for _ in c.decode(video=0)) == 20
         assert abs(float(audio.duration * audio.time_base) - 0.4) <= 1 / 50
         assert c.metadata["synthetic"] == "true" and c.metadata["interpolation"] == f"2x {method}"
+
+
+def test_a_given_interpolator_is_used_and_nothing_is_loaded(tmp_path):
+    source = tmp_path / "in.mp4"
+    write_video(source, (scene(k) for k in range(4)), fps=25)
+    # method="rife" without weights would fail if interpolate_video built its own.
+    report = interpolate_video(source, tmp_path / "out.mp4", method="rife", weights_path=None,
+                               interpolator=FlowInterpolator(), progress=False)
+    assert report.method == "flow" and report.output_frames == 8
+
+
+def test_flow_pixel_grid_is_built_once_per_frame_size():
+    from dithead.interpolation import _pixel_grid
+
+    _pixel_grid.cache_clear()
+    FlowInterpolator().middle(scene(0), scene(2))
+    FlowInterpolator().middle(scene(1), scene(3))
+    assert _pixel_grid.cache_info().misses == 1 and _pixel_grid.cache_info().hits == 7
+
+
+def write_stage_params(root, method, rife):
+    (root / "params.yaml").write_text(f"interpolate: {{method: {method}, crf: 18}}\n"
+                                      f"sample: {{watermark: {{message: DiT-Head, strength: 32.0}}}}\n"
+                                      f"weights: {{rife: '{rife}'}}\n")
+
+
+def test_stage_loads_rife_once_for_all_videos(tmp_path, monkeypatch, rife_weights):
+    import dithead.interpolation
+
+    samples = tmp_path / "outputs" / "samples"
+    for name in ("a/one.mp4", "b/two.mp4"):
+        (samples / name).parent.mkdir(parents=True)
+        # 128x128: the smallest frame the provenance watermark fits in
+        write_video(samples / name, (cv2.resize(scene(k), (128, 128)) for k in range(3)), fps=25)
+    write_stage_params(tmp_path, "rife", rife_weights[0])
+    loads = []
+    real_load = dithead.interpolation.load_rife
+    monkeypatch.setattr(dithead.interpolation, "load_rife", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    monkeypatch.chdir(tmp_path)
+    assert runpy.run_path(str(REPO / "stages" / "interpolate.py"))["main"]() == 0
+    assert len(loads) == 1
+    for name in ("a/one.mp4", "b/two.mp4"):
+        with av.open(str(tmp_path / "outputs" / "interpolated" / name)) as c:
+            assert sum(1 for _ in c.decode(video=0)) == 6 and c.metadata["interpolation"] == "2x rife"
+
+
+def test_stage_reports_missing_weights_and_bad_videos_without_a_traceback(tmp_path, monkeypatch):
+    samples = tmp_path / "outputs" / "samples"
+    samples.mkdir(parents=True)
+    (samples / "broken.mp4").write_bytes(b"not a video")
+    monkeypatch.chdir(tmp_path)
+    main = runpy.run_path(str(REPO / "stages" / "interpolate.py"))["main"]
+    write_stage_params(tmp_path, "rife", tmp_path / "nowhere")
+    with pytest.raises(SystemExit, match=r"^interpolate: .*nowhere: RIFE weights not found"):
+        main()
+    write_stage_params(tmp_path, "flow", "")
+    with pytest.raises(SystemExit, match=r"^interpolate: .*broken.mp4"):
+        main()
+    assert not (tmp_path / "outputs" / "interpolated").exists()

@@ -82,6 +82,23 @@ def test_video_report_reads_mark_and_provenance_tags(clips):
     assert report["synthetic_tag"] == "true" and report["generator_tag"] == "dit-head-test"
 
 
+def test_video_report_with_max_frames_decodes_only_those(clips, monkeypatch):
+    import dithead.video
+
+    _, _, paths = clips
+    decoded = []
+
+    def counting_frames(path, *args, **kwargs):
+        for item in iter_source_frames(path, *args, **kwargs):
+            decoded.append(item[0])
+            yield item
+
+    monkeypatch.setattr(dithead.video, "iter_source_frames", counting_frames)
+    report = wm.detect_video(paths["marked"], max_frames=5)
+    assert report["frames"] == 5 and report["watermarked"]
+    assert decoded == [0, 1, 2, 3, 4]                      # decoding stops there, not at the end of the video
+
+
 def test_wrong_key_does_not_read_the_mark(clips):
     _, marked, _ = clips
     assert wm.detect(marked, key=wm.DEFAULT_KEY + 1) < 0.8

@@ -58,7 +58,7 @@ def weights_from(params: str | os.PathLike, args: argparse.Namespace) -> dict[st
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from dithead.features import default_device
+    from dithead.device import default_device
     from dithead.fileio import write_json
     from dithead.metrics.video import evaluate_videos
 

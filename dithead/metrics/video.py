@@ -38,6 +38,7 @@ from tqdm import tqdm
 from dithead.audio import AudioError, NoAudioStream, load_audio
 from dithead.face import FaceTracker, crop_box, landmark_box, square_box, to_crop_coords
 from dithead.fileio import InputFileError
+from dithead.generate import nearest_valid
 from dithead.metrics import image as image_metrics
 from dithead.metrics.landmarks import frame_lmd
 from dithead.metrics.weights import MissingWeightsError, WeightsFormatError
@@ -162,9 +163,7 @@ def smooth_boxes(raw: np.ndarray, window: int) -> np.ndarray | None:
     smoothed = np.full_like(raw, np.nan)
     has = counts > 0
     smoothed[has] = sums[has] / counts[has, None]
-    known = np.flatnonzero(has)
-    nearest = known[np.abs(np.arange(len(raw))[:, None] - known[None, :]).argmin(axis=1)]
-    return smoothed[nearest].astype(np.float32)
+    return smoothed[nearest_valid(has)].astype(np.float32)
 
 
 def _centred_sums(values: np.ndarray, half: int) -> np.ndarray:
