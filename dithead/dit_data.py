@@ -3,9 +3,9 @@
 A training item is one frame k of a clip:
 
 * its ground-truth latent (the diffusion target),
-* a reference latent: another frame of the same clip at least
-  ``min_ref_distance`` frames away (``pick_reference_frame``; inference picks
-  the first frame's reference by the same rule),
+* a reference latent: another frame of the same clip with a face, at least
+  ``min_ref_distance`` frames away (``dithead.sampling.pick_reference_index``,
+  the rule inference picks the first frame's reference by),
 * the frame with its lower face masked, the mask moved by a random shift
   (paper 3.6), still as pixels: the masked VQGAN encodes it on the GPU, since a
   new shift every time means a new latent every time,
@@ -16,9 +16,9 @@ them), so they are encoded once by ``precompute_latents`` into a cache of
 memory-mapped arrays and read from there; ``bench/dit.py`` measures what that
 saves.
 
-Clips are split by identity: every clip of a validation identity is left out
-of training. The identity is meta.json's ``identity`` when present, else the
-clip name.
+Clips are split by identity (``dithead.split``): every clip of a validation
+identity is left out of training. The identity is meta.json's ``identity``
+when present, else the clip name.
 """
 
 from __future__ import annotations
@@ -36,15 +36,14 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from dithead.datasets import valid_frames
 from dithead.features import audio_windows
 from dithead.fileio import atomic_path
 from dithead.mask import apply_mask, lower_face_mask, random_shift
+from dithead.sampling import pick_reference_index
 from dithead.store import ProcessedClip
 
 LATENT_DTYPE = np.float16   # half the disk and page cache of float32; far below the diffusion noise
-
-
-# --------------------------------------------------------------------------- identity split
 
 
 # --------------------------------------------------------------------------- arrays on disk
@@ -194,18 +193,6 @@ def _barrier(accelerator) -> None:
 # --------------------------------------------------------------------------- dataset
 
 
-def pick_reference_frame(valid: np.ndarray, target: int, rng: np.random.Generator, min_distance: int = 60) -> int:
-    """A random frame with a face at least ``min_distance`` frames from ``target`` (paper 3.3);
-    in a clip too short for that, the farthest frame with a face."""
-    candidates = np.flatnonzero(np.asarray(valid, dtype=bool))
-    if len(candidates) == 0:
-        raise ValueError("the clip has no frame with a face to use as reference")
-    far = candidates[np.abs(candidates - target) >= min_distance]
-    if len(far):
-        return int(rng.choice(far))
-    return int(candidates[np.argmax(np.abs(candidates - target))])
-
-
 @dataclass
 class MaskSettings:
     """The lower-face mask of ``dithead.mask`` (the ``mask:`` params)."""
@@ -248,7 +235,7 @@ class DiTDataset(Dataset):
         clip_index, frame = (int(v) for v in self.frames[index % len(self.frames)])
         clip = self.clips[clip_index]
         rng = np.random.default_rng([self.seed, index])
-        reference = pick_reference_frame(clip.valid, frame, rng, self.min_ref_distance)
+        reference = pick_reference_index(len(clip), frame, rng, self.min_ref_distance, np.asarray(clip.valid))
         shift = random_shift(rng, self.mask.max_shift) if self.mask.max_shift > 0 else (0, 0)
         image = clip.crop(frame)
         mask = lower_face_mask(np.asarray(clip.landmarks[frame]), image.shape[:2], self.mask.kernel_size,
@@ -267,11 +254,10 @@ class DiTDataset(Dataset):
 
 def target_frames(clips: Sequence[ProcessedClip], names: Sequence[str]) -> np.ndarray:
     """(M, 2) rows (clip index, frame) of every frame with a face in the clips called ``names``."""
-    wanted = set(names)
-    rows = [np.stack([np.full(len(idx), c), idx], axis=1)
-            for c, clip in enumerate(clips) if clip.name in wanted
-            and len(idx := np.flatnonzero(np.asarray(clip.valid)))]
-    return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 2), dtype=np.int64)
+    names = set(names)
+    rows = valid_frames(clips)
+    wanted = [c for c, clip in enumerate(clips) if clip.name in names]
+    return rows[np.isin(rows[:, 0], wanted)]
 
 
 def evenly_spaced(rows: np.ndarray, count: int) -> np.ndarray:

@@ -25,15 +25,16 @@ from diffusers import DDIMScheduler, VQModel
 from diffusers.training_utils import EMAModel
 
 from dithead.datasets import tensor_to_image
-from dithead.dit import DiTHead, diffusion_loss, dit_config, make_noise_scheduler
+from dithead.dit import DIT_PRESETS, DiTHead, diffusion_loss, dit_config, make_noise_scheduler
 from dithead.dit_data import (DiTDataset, LazyArrays, MaskSettings, audio_feature_paths, clip_fingerprint,
                               decode_latents, encode_latents, evenly_spaced, file_sha256, model_fingerprint,
                               precompute_latents, target_frames)
 from dithead.fileio import atomic_path
 from dithead.split import IdentitySplit, split_by_identity
 from dithead.store import ProcessedClip
-from dithead.training import (Checkpointer, GracefulStop, Throughput, TrainingInterrupted, log_image, log_metrics,
-                              make_accelerator, make_dataloader, make_live, progress_bar)
+from dithead.training import (MIXED_PRECISION_CHOICES, Checkpointer, GracefulStop, Throughput, TrainingInterrupted,
+                              checkpoint_settings, log_image, log_metrics, make_accelerator, make_dataloader,
+                              make_live, progress_bar)
 
 SPLIT_FILE = "split.json"
 
@@ -77,6 +78,45 @@ class DiTTrainingConfig:
     checkpoint_every: int = 5000
     workers: int = 4
     latent_batch_size: int = 64
+
+    def __post_init__(self):
+        at_least = {"steps": 1, "batch_size": 1, "gradient_accumulation": 1, "log_every": 1, "val_every": 1,
+                    "sample_every": 1, "sample_count": 1, "sample_steps": 1, "checkpoint_every": 0, "workers": 0,
+                    "latent_batch_size": 1, "val_samples": 0, "audio_window": 1, "min_ref_distance": 0,
+                    "diffusion_steps": 1, "learning_rate": 0, "weight_decay": 0, "ema_decay": 0}
+        for name, minimum in at_least.items():
+            if getattr(self, name) < minimum:
+                raise ValueError(f"dit.{name} must be >= {minimum}, not {getattr(self, name)}")
+        for name in ("depth", "hidden_size", "num_heads"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"dit.{name} must be null (the preset's value) or >= 1, not {getattr(self, name)}")
+        if self.preset not in DIT_PRESETS:
+            raise ValueError(f"dit.preset must be one of {', '.join(DIT_PRESETS)}, not {self.preset!r}")
+        size = dit_config(self.preset, hidden_size=self.hidden_size, num_heads=self.num_heads)
+        if size["hidden_size"] % size["num_heads"]:
+            raise ValueError(f"dit.hidden_size ({size['hidden_size']}) must be divisible by "
+                             f"dit.num_heads ({size['num_heads']})")
+        if self.audio_window % 2 == 0:
+            raise ValueError(f"dit.audio_window must be odd (the frame and as many on either side), "
+                             f"not {self.audio_window}")
+        if self.ema_decay > 1:
+            raise ValueError(f"dit.ema_decay must be in [0, 1], not {self.ema_decay}")
+        if self.sample_steps > self.diffusion_steps:
+            raise ValueError(f"dit.sample_steps ({self.sample_steps}) must be <= dit.diffusion_steps "
+                             f"({self.diffusion_steps})")
+        if self.mixed_precision not in MIXED_PRECISION_CHOICES:
+            raise ValueError(f"dit.mixed_precision must be one of {', '.join(MIXED_PRECISION_CHOICES)}, "
+                             f"not {self.mixed_precision!r}")
+
+
+# How often the DiT stage validates and draws previews, and how it batches the
+# latent cache (reused across batch sizes): no effect on the weights.
+_BOOKKEEPING = {"val_every", "sample_every", "sample_count", "sample_steps", "latent_batch_size"}
+
+
+def _fingerprint_config(config: DiTTrainingConfig) -> dict:
+    """The settings a checkpoint depends on."""
+    return checkpoint_settings(asdict(config), _BOOKKEEPING)
 
 
 @dataclass
@@ -214,13 +254,13 @@ def train_dit(clips: Sequence[ProcessedClip], config: DiTTrainingConfig, *, feat
     accelerator.register_for_checkpointing(ema)
 
     # A run resumes only from checkpoints of the same parameters, data and VQGAN weights.
-    fingerprint = {"config": asdict(config),
+    fingerprint = {"config": _fingerprint_config(config),
                    "data": {clip.name: [clip_fingerprint(clip), file_sha256(data.train.features.paths[clip.name])]
                             for clip in clips},
                    "vqgan": [model_fingerprint(vq_masked), model_fingerprint(vq_gt)]}
     checkpointer = Checkpointer(accelerator, checkpoint_dir, every=config.checkpoint_every,
                                 fingerprint=fingerprint, live_dir=live_dir)
-    start = checkpointer.resume()
+    start = checkpointer.resume(max_step=config.steps)
     ema.to(device)                    # a resumed EMA state is loaded on the CPU
     live = make_live(accelerator, live_dir, resume=start > 0)
     batches = iter(make_dataloader(data.train, batch_size=config.batch_size, accelerator=accelerator,

@@ -101,6 +101,18 @@ class FaceTracker:
         self.close()
 
 
+def nearest_valid(valid: np.ndarray) -> np.ndarray:
+    """For every frame, the nearest frame with a face (its landmarks stand in for a missing face's)."""
+    valid_idx = np.flatnonzero(valid)
+    if len(valid_idx) == 0:
+        raise ValueError("no frame of the clip has a face")
+    frames = np.arange(len(valid))
+    pos = np.clip(np.searchsorted(valid_idx, frames), 1, len(valid_idx)) - 1
+    right = valid_idx[np.minimum(pos + 1, len(valid_idx) - 1)]
+    left = valid_idx[pos]
+    return np.where(np.abs(right - frames) < np.abs(left - frames), right, left)
+
+
 def landmark_box(landmarks: np.ndarray) -> np.ndarray:
     """[cx, cy, side] of the square around the landmarks' bounding box."""
     lo, hi = landmarks.min(axis=0), landmarks.max(axis=0)

@@ -37,7 +37,7 @@ from . import watermark as wm
 from .datasets import tensor_to_image
 from .dit_data import decode_latents, encode_latents
 from .encode import DEFAULT_CRF, VideoWriter
-from .face import paste_back
+from .face import nearest_valid, paste_back
 from .features import audio_windows
 from .mask import apply_mask, lower_face_mask
 from .sampling import driving_frame_order, make_scheduler, pick_reference_index, sample_lockstep
@@ -69,18 +69,6 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
         cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         return torch.bfloat16 if cuda_bf16 else torch.float32
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
-
-
-def nearest_valid(valid: np.ndarray) -> np.ndarray:
-    """For every frame, the nearest frame with a face (its landmarks stand in for a missing face's)."""
-    valid_idx = np.flatnonzero(valid)
-    if len(valid_idx) == 0:
-        raise ValueError("no frame of the clip has a face")
-    frames = np.arange(len(valid))
-    pos = np.clip(np.searchsorted(valid_idx, frames), 1, len(valid_idx)) - 1
-    right = valid_idx[np.minimum(pos + 1, len(valid_idx) - 1)]
-    left = valid_idx[pos]
-    return np.where(np.abs(right - frames) < np.abs(left - frames), right, left)
 
 
 class ClipConditions:

@@ -19,8 +19,8 @@ A training loop uses them like this::
     accelerator = make_accelerator(mixed_precision="auto", gradient_accumulation_steps=2, seed=0)
     model, optimizer = accelerator.prepare(model, optimizer)
     checkpointer = Checkpointer(accelerator, "checkpoints/train_x", every=1000,
-                                fingerprint=run_config, live_dir="dvclive/train_x")
-    start = checkpointer.resume()
+                                fingerprint=checkpoint_settings(run_config), live_dir="dvclive/train_x")
+    start = checkpointer.resume(max_step=steps)
     live = make_live(accelerator, "dvclive/train_x", resume=start > 0)
     batches = iter(make_dataloader(dataset, batch_size=8, accelerator=accelerator, seed=0, start_step=start))
     with GracefulStop() as stop, progress_bar(accelerator, total=steps, initial=start) as bar:
@@ -44,7 +44,7 @@ import re
 import shutil
 import signal
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from dithead.fileio import atomic_path
+from dithead.fileio import atomic_path, write_json
 
 MIXED_PRECISION_CHOICES = ("auto", "bf16", "fp16", "no")
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
@@ -157,6 +157,21 @@ def make_dataloader(dataset: Dataset, *, batch_size: int, accelerator: Accelerat
 # --------------------------------------------------------------------------- checkpoints
 
 
+# Settings of every training stage that do not change the weights a step
+# produces: a checkpoint stays valid when they change. ``steps`` is among them
+# because the learning rates are constant, so a longer run continues a shorter
+# one exactly (``Checkpointer.resume(max_step=steps)`` discards checkpoints past
+# a lowered ``steps``).
+BOOKKEEPING = frozenset({"steps", "log_every", "checkpoint_every", "workers"})
+
+
+def checkpoint_settings(config: Mapping[str, Any], bookkeeping: Iterable[str] = ()) -> dict[str, Any]:
+    """The settings in ``config`` a checkpoint depends on: all but :data:`BOOKKEEPING` and the stage's own
+    ``bookkeeping`` keys (how often it validates, how it logs)."""
+    skip = BOOKKEEPING | set(bookkeeping)
+    return {key: value for key, value in config.items() if key not in skip}
+
+
 class Checkpointer:
     """Resumable training state in ``directory/step_<N>/`` (``Accelerator.save_state``).
 
@@ -201,15 +216,22 @@ class Checkpointer:
         if self.accelerator.is_main_process and self.directory.is_dir():
             for partial in self.directory.glob(".tmp-step_*"):  # saves cut short by a kill
                 shutil.rmtree(partial, ignore_errors=True)
+        # Every process decides from the directory as it is now, before anything
+        # in it is deleted, so all take the same branch and pass the same
+        # barriers (a process deciding after the deletion would see a fresh
+        # start and skip a barrier the others wait at).
         latest = self.latest()
         beyond = max_step is not None and latest is not None and latest[0] > max_step
-        if beyond or not self._fingerprint_matches():
+        stale = beyond or not self._fingerprint_matches()
+        self.accelerator.wait_for_everyone()
+        if stale:
             if self.accelerator.is_main_process and self.directory.exists():
-                self.accelerator.print(f"{self.directory}: checkpoints of a different run configuration; starting over")
+                reason = (f"checkpoints beyond the run's {max_step} steps" if beyond
+                          else "checkpoints of a different run configuration")
+                self.accelerator.print(f"{self.directory}: {reason}; starting over")
                 shutil.rmtree(self.directory)
             self.accelerator.wait_for_everyone()
-        latest = self.latest()
-        if latest is None:
+        if stale or latest is None:
             return 0
         step, path = latest
         self.accelerator.load_state(str(path))
@@ -239,7 +261,7 @@ class Checkpointer:
         if self.accelerator.is_main_process:
             if self.live_dir is not None and self.live_dir.is_dir():
                 shutil.copytree(self.live_dir, tmp / LIVE_SUBDIR)
-            (self.directory / FINGERPRINT_FILE).write_text(json.dumps(self.fingerprint, indent=2), encoding="utf-8")
+            write_json(self.directory / FINGERPRINT_FILE, self.fingerprint)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             for _, old in self.checkpoints()[:-self.keep]:

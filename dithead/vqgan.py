@@ -24,13 +24,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import VQModel
-from skimage.metrics import structural_similarity
 from torch import nn
 
 from dithead.datasets import FrameDataset, crop_size, split_frames, tensor_to_image
+from dithead.metrics import image as image_metrics
 from dithead.store import ProcessedClip
-from dithead.training import (Checkpointer, GracefulStop, Throughput, TrainingInterrupted, log_image, log_metrics,
-                              make_accelerator, make_dataloader, make_live, progress_bar, save_pretrained_atomic)
+from dithead.training import (Checkpointer, GracefulStop, Throughput, TrainingInterrupted, checkpoint_settings,
+                              log_image, log_metrics, make_accelerator, make_dataloader, make_live, progress_bar,
+                              save_pretrained_atomic)
 
 # --------------------------------------------------------------------------- models
 
@@ -218,13 +219,13 @@ def codebook_usage(counts: torch.Tensor) -> tuple[float, float]:
 
 
 def reconstruction_metrics(originals: np.ndarray, reconstructions: np.ndarray) -> dict[str, list[float]]:
-    """Per-image PSNR (dB) and SSIM of uint8 RGB batches (B, H, W, 3)."""
-    psnr, ssim = [], []
-    for a, b in zip(originals, reconstructions):
-        mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-        psnr.append(10 * math.log10(255.0 ** 2 / max(mse, 1e-10)))
-        ssim.append(float(structural_similarity(a, b, channel_axis=-1, data_range=255)))
-    return {"psnr": psnr, "ssim": ssim}
+    """Per-image PSNR (dB) and SSIM of uint8 RGB batches (B, H, W, 3).
+
+    The evaluate stage's own metrics (``dithead.metrics.image``: Gaussian-window
+    SSIM), so training curves and evaluation results are comparable.
+    """
+    return {"psnr": [image_metrics.psnr(b, a) for a, b in zip(originals, reconstructions)],
+            "ssim": [image_metrics.ssim(b, a) for a, b in zip(originals, reconstructions)]}
 
 
 def comparison_grid(originals: np.ndarray, reconstructions: np.ndarray, columns: int = 8) -> np.ndarray:
@@ -374,8 +375,9 @@ def train_vqgan(clips: Sequence[ProcessedClip], config: VQGANTrainingConfig, *, 
     logs to dvclive in ``live_dir``. ``perceptual`` is the LPIPS network (any
     module mapping two image batches in [-1, 1] to per-sample distances);
     required when ``config.perceptual_weight > 0``. Returns the final
-    validation metrics. Raises ``TrainingInterrupted`` after saving a
-    checkpoint when SIGTERM/SIGINT arrives.
+    validation metrics (measured by the main process; ``{}`` on the others).
+    Raises ``TrainingInterrupted`` after saving a checkpoint when SIGTERM/SIGINT
+    arrives.
     """
     if config.perceptual_weight > 0 and perceptual is None:
         raise ValueError(f"perceptual_weight is {config.perceptual_weight} but no LPIPS network was given")
@@ -405,14 +407,23 @@ def train_vqgan(clips: Sequence[ProcessedClip], config: VQGANTrainingConfig, *, 
     images_per_step = config.batch_size * config.gradient_accumulation * accelerator.num_processes
 
     def validate(step: int, with_images: bool) -> tuple[dict[str, float], float | None]:
-        if val_set is None:
-            return {}, None
-        metrics, grid, latent_std = evaluate(plain_autoencoder.vq, _batches_of(val_set, config.batch_size), device,
-                                             accelerator.autocast)
-        log_metrics(live, step, {f"val/{k}": v for k, v in metrics.items()})
-        if with_images:
-            log_image(live, step, "reconstructions.png", grid)
+        """Held-out metrics and the latents' std, measured by the main process alone (the others get ``{}, None``)."""
+        metrics, latent_std = {}, None
+        if accelerator.is_main_process and val_set is not None:
+            metrics, grid, latent_std = evaluate(plain_autoencoder.vq, _batches_of(val_set, config.batch_size),
+                                                 device, accelerator.autocast)
+            log_metrics(live, step, {f"val/{k}": v for k, v in metrics.items()})
+            if with_images:
+                log_image(live, step, "reconstructions.png", grid)
+        accelerator.wait_for_everyone()
         return metrics, latent_std
+
+    def preview(step: int) -> None:
+        if accelerator.is_main_process and val_set is not None:
+            _, grid, _ = evaluate(plain_autoencoder.vq, [next(iter(_batches_of(val_set, 8)))], device,
+                                  accelerator.autocast)
+            log_image(live, step, "reconstructions.png", grid)
+        accelerator.wait_for_everyone()
 
     with GracefulStop() as stop, progress_bar(accelerator, total=config.steps, initial=start,
                                               desc=f"vqgan {'masked' if config.masked else 'gt'}") as bar:
@@ -428,10 +439,8 @@ def train_vqgan(clips: Sequence[ProcessedClip], config: VQGANTrainingConfig, *, 
                 log_metrics(live, step, {**window.means(accelerator), "train/images_per_s": rate})
             if step % config.eval_every == 0 and step != config.steps:
                 validate(step, with_images=step % config.image_every == 0)
-            elif step % config.image_every == 0 and step != config.steps and val_set is not None:
-                _, grid, _ = evaluate(plain_autoencoder.vq, [next(iter(_batches_of(val_set, 8)))], device,
-                                      accelerator.autocast)
-                log_image(live, step, "reconstructions.png", grid)
+            elif step % config.image_every == 0 and step != config.steps:
+                preview(step)
             saved = checkpointer.maybe_save(step)
             if stop.should_stop(accelerator) and step != config.steps:
                 raise TrainingInterrupted(step, saved or checkpointer.save(step))
@@ -448,16 +457,14 @@ def train_vqgan(clips: Sequence[ProcessedClip], config: VQGANTrainingConfig, *, 
     return final
 
 
-# Settings that do not change the weights a step produces: a checkpoint stays
-# valid when they change. ``steps`` is among them because the learning rate is
-# constant, so a longer run continues a shorter one exactly.
-_BOOKKEEPING = {"steps", "log_every", "eval_every", "image_every", "checkpoint_every", "workers"}
+# How often the VQGAN stage validates and draws images: no effect on the weights.
+_BOOKKEEPING = {"eval_every", "image_every"}
 
 
 def _fingerprint_config(config: VQGANTrainingConfig) -> dict:
     """The settings a checkpoint depends on (mask settings only matter for the masked VQGAN)."""
-    return {k: v for k, v in asdict(config).items()
-            if k not in _BOOKKEEPING and (config.masked or not k.startswith("mask_"))}
+    return {k: v for k, v in checkpoint_settings(asdict(config), _BOOKKEEPING).items()
+            if config.masked or not k.startswith("mask_")}
 
 
 def _batches_of(dataset: FrameDataset, batch_size: int) -> Iterable[torch.Tensor]:

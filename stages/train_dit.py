@@ -54,7 +54,10 @@ def load_vqgan(path: Path) -> VQModel:
 
 def main() -> int:
     params = load_params()
-    config = training_config(params)
+    try:
+        config = training_config(params)
+    except ValueError as error:
+        raise SystemExit(f"{STAGE}: {error}") from None
     if not PROCESSED.is_dir() or not (clips := list_clips(PROCESSED)):
         raise SystemExit(f"{STAGE}: no preprocessed clips in {PROCESSED} (run the preprocess stage first)")
     try:

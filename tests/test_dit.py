@@ -22,10 +22,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from conftest import run_until_sigkill, sigterm_self_when
 from dithead.dit import DIT_PRESETS, DiTHead, diffusion_loss, dit_config, forward_flops, make_noise_scheduler
 from dithead.dit_data import (DiTDataset, LazyArrays, MaskSettings, audio_feature_paths, encode_latents,
-                              pick_reference_frame, precompute_latents, target_frames)
+                              precompute_latents, target_frames)
+from dithead.dit_training import DiTTrainingConfig, _fingerprint_config
 from dithead.split import split_by_identity
 from dithead.features import audio_windows
 from dithead.mask import apply_mask, lower_face_mask
+from dithead.sampling import pick_reference_index
 from dithead.store import list_clips
 from dithead.vqgan import build_vqmodel
 
@@ -276,16 +278,15 @@ def test_identity_split_never_puts_one_person_on_both_sides():
 
 
 def test_reference_frame_is_far_enough_and_has_a_face():
+    # Training draws references by the rule inference uses for the first frame.
     valid = np.ones(200, dtype=bool)
     valid[150:] = False
     rng = np.random.default_rng(0)
-    picks = [pick_reference_frame(valid, 100, rng, 60) for _ in range(200)]
+    picks = [pick_reference_index(len(valid), 100, rng, 60, valid) for _ in range(200)]
     assert set(picks) <= set(range(0, 41))               # 160..199 are far enough but have no face
     assert len(set(picks)) > 20                          # drawn at random, not one fixed frame
     short = np.ones(80, dtype=bool)
-    assert pick_reference_frame(short, 30, rng, 60) == 79                       # farthest frame of a short clip
-    with pytest.raises(ValueError, match="no frame with a face"):
-        pick_reference_frame(np.zeros(5, dtype=bool), 2, rng)
+    assert pick_reference_index(len(short), 30, rng, 60, short) == 79           # farthest frame of a short clip
 
 
 @pytest.fixture(scope="module")
@@ -334,6 +335,9 @@ def test_dataset_item_is_frame_reference_masked_frame_and_audio(demo_data):
         assert frame == rows[index % len(rows), 1]
         farthest = np.abs(valid - frame).max()
         assert reference in valid and abs(reference - frame) >= min(60, farthest)
+        inference_rule = pick_reference_index(len(clip), frame, np.random.default_rng([3, index]), 60,
+                                              np.asarray(clip.valid))
+        assert reference == inference_rule
         latents = demo_data.latents[clip.name]
         np.testing.assert_array_equal(item["latent"].numpy(), latents[frame].astype(np.float32))
         np.testing.assert_array_equal(item["reference"].numpy(), latents[reference].astype(np.float32))
@@ -359,6 +363,33 @@ def test_audio_features_must_exist_and_match_the_clip(demo_data, tmp_path):
 
 
 # --------------------------------------------------------------------------- the stage
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("steps", 0, r"dit\.steps must be >= 1, not 0"),
+    ("batch_size", 0, r"dit\.batch_size must be >= 1"),
+    ("val_every", 0, r"dit\.val_every must be >= 1"),
+    ("checkpoint_every", -1, r"dit\.checkpoint_every must be >= 0"),
+    ("preset", "DiT-M/2", r"dit\.preset must be one of DiT-S/2, .*not 'DiT-M/2'"),
+    ("num_heads", 5, r"dit\.hidden_size \(1024\) must be divisible by dit\.num_heads \(5\)"),
+    ("depth", 0, r"dit\.depth must be null"),
+    ("audio_window", 10, r"dit\.audio_window must be odd"),
+    ("ema_decay", 1.5, r"dit\.ema_decay must be in \[0, 1\]"),
+    ("sample_steps", 2000, r"dit\.sample_steps \(2000\) must be <= dit\.diffusion_steps \(1000\)"),
+    ("mixed_precision", "fp8", r"dit\.mixed_precision must be one of auto, bf16, fp16, no"),
+])
+def test_training_config_names_the_bad_param(key, value, message):
+    with pytest.raises(ValueError, match=message):
+        DiTTrainingConfig(**{key: value})
+
+
+def test_bookkeeping_params_keep_checkpoints_valid():
+    base = _fingerprint_config(DiTTrainingConfig())
+    bookkeeping = dict(steps=500_000, log_every=1, val_every=7, sample_every=7, sample_count=2, sample_steps=5,
+                       checkpoint_every=0, workers=0, latent_batch_size=8)
+    assert _fingerprint_config(DiTTrainingConfig(**bookkeeping)) == base      # a longer run continues a shorter one
+    for key, value in dict(learning_rate=2e-4, batch_size=16, preset="DiT-B/2", min_ref_distance=30).items():
+        assert _fingerprint_config(DiTTrainingConfig(**{key: value})) != base, key
 
 
 RUN = dict(steps=60, checkpoint_every=20, val_every=20, sample_every=60, log_every=10, batch_size=8, val_samples=8,
@@ -498,6 +529,16 @@ def test_interrupted_training_resumes_to_the_uninterrupted_result(reference_run,
     resumed_history, reference_history = metric_history(workdir, "val/loss"), metric_history(reference_run, "val/loss")
     assert [s for s, _ in resumed_history] == [s for s, _ in reference_history] == [20, 40, 60]
     np.testing.assert_allclose([v for _, v in resumed_history], [v for _, v in reference_history], rtol=1e-5)
+
+
+def test_stage_rejects_bad_params_before_encoding_latents(processed_demo, tmp_path, monkeypatch):
+    workdir = make_workdir(tmp_path / "bad_params", processed_demo)
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    params["dit"]["steps"] = 0
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(SystemExit, match=r"dit\.steps must be >= 1, not 0"):
+        run_stage(workdir, monkeypatch)
+    assert not (workdir / "checkpoints").exists()
 
 
 def test_stage_without_vqgans_says_which_stage_to_run(processed_demo, tmp_path, monkeypatch):

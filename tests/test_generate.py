@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from dithead import watermark as wm
-from dithead.generate import DiTHeadPipeline, ModelDirectoryError, SampleSettings, audio_feature_extractor, nearest_valid
+from dithead.face import nearest_valid
+from dithead.generate import DiTHeadPipeline, ModelDirectoryError, SampleSettings, audio_feature_extractor
 from dithead.store import list_clips
 
 FPS = 25

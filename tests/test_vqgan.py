@@ -7,7 +7,9 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +22,10 @@ from safetensors.torch import load_file
 from conftest import run_until_sigkill, sigterm_self_when
 from dithead.datasets import FrameDataset, split_frames
 from dithead.store import list_clips
-from dithead.training import GracefulStop, StepSampler
+from dithead.metrics.image import psnr, ssim
+from dithead.training import Checkpointer, GracefulStop, StepSampler
 from dithead.vqgan import (LossWeights, NLayerDiscriminator, VQAutoencoder, build_vqmodel, downsample_factor,
-                           generator_loss)
+                           generator_loss, reconstruction_metrics)
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE = REPO / "stages" / "train_vqgan.py"
@@ -188,7 +191,67 @@ def test_graceful_stop_turns_sigterm_into_a_request():
     assert signal.getsignal(signal.SIGTERM) != stop._handle
 
 
+class FakeAccelerator:
+    """What a Checkpointer uses of an ``accelerate.Accelerator``; ``barrier`` stands in for the processes' barrier."""
+
+    def __init__(self, is_main_process: bool = True, barrier: threading.Barrier | None = None):
+        self.is_main_process = is_main_process
+        self.barrier = barrier
+        self.loaded: list[str] = []
+
+    def wait_for_everyone(self) -> None:
+        if self.barrier is not None:
+            self.barrier.wait()
+
+    def print(self, *args) -> None:
+        pass
+
+    def save_state(self, path: str) -> None:
+        Path(path).mkdir(parents=True)
+        (Path(path) / "model.safetensors").write_bytes(b"state")
+
+    def load_state(self, path: str) -> None:
+        self.loaded.append(path)
+
+
+def test_checkpointer_resumes_its_own_run_only(tmp_path):
+    directory = tmp_path / "checkpoints"
+    Checkpointer(FakeAccelerator(), directory, every=10, fingerprint={"lr": 1}).save(10)
+    assert json.loads((directory / "run.json").read_text()) == {"lr": 1}
+    assert [p.name for p in directory.iterdir() if p.name.startswith(".")] == []     # no temporary left behind
+    resumed = FakeAccelerator()
+    assert Checkpointer(resumed, directory, every=10, fingerprint={"lr": 1}).resume(max_step=20) == 10
+    assert resumed.loaded == [str(directory / "step_00000010")]                     # more steps: it continues
+    assert Checkpointer(FakeAccelerator(), directory, every=10, fingerprint={"lr": 1}).resume(max_step=5) == 0
+    assert not directory.exists()                                 # fewer steps than saved: it cannot continue
+
+
+def test_checkpointer_processes_pass_the_same_barriers_when_discarding(tmp_path):
+    directory = tmp_path / "checkpoints"
+    Checkpointer(FakeAccelerator(), directory, every=10, fingerprint={"lr": 1}).save(10)
+    barrier = threading.Barrier(2, timeout=5)
+    main, other = FakeAccelerator(True, barrier), FakeAccelerator(False, barrier)
+    with ThreadPoolExecutor(2) as pool:
+        main_start = pool.submit(Checkpointer(main, directory, every=10, fingerprint={"lr": 2}).resume)
+        # The other process is slow: it looks at the checkpoints only once the main one waits at a barrier.
+        deadline = time.monotonic() + 5
+        while barrier.n_waiting == 0 and not main_start.done() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        other_start = pool.submit(Checkpointer(other, directory, every=10, fingerprint={"lr": 2}).resume)
+        assert (main_start.result(), other_start.result()) == (0, 0)    # no barrier left waiting
+    assert not directory.exists() and main.loaded == other.loaded == []
+
+
 # --------------------------------------------------------------------------- stage
+
+
+def test_validation_metrics_are_the_evaluation_metrics():
+    rng = np.random.default_rng(0)
+    originals = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    restored = np.clip(originals + rng.normal(0, 20, originals.shape), 0, 255).astype(np.uint8)
+    scores = reconstruction_metrics(originals, restored)
+    assert scores["psnr"] == [psnr(b, a) for a, b in zip(originals, restored)]
+    assert scores["ssim"] == [ssim(b, a) for a, b in zip(originals, restored)]
 
 
 def test_training_improves_held_out_psnr(reference_run):

@@ -36,9 +36,8 @@ import torch
 from tqdm import tqdm
 
 from dithead.audio import AudioError, NoAudioStream, load_audio
-from dithead.face import FaceTracker, crop_box, landmark_box, square_box, to_crop_coords
+from dithead.face import FaceTracker, crop_box, landmark_box, nearest_valid, square_box, to_crop_coords
 from dithead.fileio import InputFileError
-from dithead.generate import nearest_valid
 from dithead.metrics import image as image_metrics
 from dithead.metrics.landmarks import frame_lmd
 from dithead.metrics.weights import MissingWeightsError, WeightsFormatError
