@@ -33,8 +33,8 @@ from dithead.fileio import atomic_path
 from dithead.split import IdentitySplit, split_by_identity
 from dithead.store import ProcessedClip
 from dithead.training import (MIXED_PRECISION_CHOICES, Checkpointer, GracefulStop, Throughput, TrainingInterrupted,
-                              checkpoint_settings, log_image, log_metrics, make_accelerator, make_dataloader,
-                              make_live, progress_bar)
+                              check_minimums, checkpoint_settings, log_image, log_metrics, make_accelerator,
+                              make_dataloader, make_live, progress_bar)
 
 SPLIT_FILE = "split.json"
 
@@ -84,9 +84,7 @@ class DiTTrainingConfig:
                     "sample_every": 1, "sample_count": 1, "sample_steps": 1, "checkpoint_every": 0, "workers": 0,
                     "latent_batch_size": 1, "val_samples": 0, "audio_window": 1, "min_ref_distance": 0,
                     "diffusion_steps": 1, "learning_rate": 0, "weight_decay": 0, "ema_decay": 0}
-        for name, minimum in at_least.items():
-            if getattr(self, name) < minimum:
-                raise ValueError(f"dit.{name} must be >= {minimum}, not {getattr(self, name)}")
+        check_minimums(self, at_least, "dit")
         for name in ("depth", "hidden_size", "num_heads"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"dit.{name} must be null (the preset's value) or >= 1, not {getattr(self, name)}")

@@ -400,3 +400,10 @@ def save_pretrained_atomic(accelerator: Accelerator, path: str | os.PathLike, mo
             for name, extra in (subfolders or {}).items():
                 accelerator.unwrap_model(extra).save_pretrained(tmp / name)
     accelerator.wait_for_everyone()
+
+
+def check_minimums(config, minimums: Mapping[str, float], section: str) -> None:
+    """ValueError naming ``<section>.<field>`` for the first field of ``config`` below its minimum."""
+    for name, minimum in minimums.items():
+        if getattr(config, name) < minimum:
+            raise ValueError(f"{section}.{name} must be >= {minimum}, not {getattr(config, name)}")

@@ -29,9 +29,9 @@ from torch import nn
 from dithead.datasets import FrameDataset, crop_size, split_frames, tensor_to_image
 from dithead.metrics import image as image_metrics
 from dithead.store import ProcessedClip
-from dithead.training import (Checkpointer, GracefulStop, Throughput, TrainingInterrupted, checkpoint_settings,
-                              log_image, log_metrics, make_accelerator, make_dataloader, make_live, progress_bar,
-                              save_pretrained_atomic)
+from dithead.training import (Checkpointer, GracefulStop, Throughput, TrainingInterrupted, check_minimums,
+                              checkpoint_settings, log_image, log_metrics, make_accelerator, make_dataloader, make_live,
+                              progress_bar, save_pretrained_atomic)
 
 # --------------------------------------------------------------------------- models
 
@@ -305,9 +305,7 @@ class VQGANTrainingConfig:
         at_least = {"steps": 1, "batch_size": 1, "gradient_accumulation": 1, "log_every": 1, "eval_every": 1,
                     "image_every": 1, "checkpoint_every": 0, "val_frames": 0, "workers": 0, "disc_start": 0,
                     "base_learning_rate": 0, "disc_weight": 0, "perceptual_weight": 0, "codebook_weight": 0}
-        for name, minimum in at_least.items():
-            if getattr(self, name) < minimum:
-                raise ValueError(f"vqgan.{name} must be >= {minimum}, not {getattr(self, name)}")
+        check_minimums(self, at_least, "vqgan")
 
     def loss_weights(self) -> LossWeights:
         return LossWeights(perceptual=self.perceptual_weight, codebook=self.codebook_weight,
