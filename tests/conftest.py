@@ -15,6 +15,17 @@ SMOKE_SIZE = 64
 SMOKE_MELS = 32
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one thread for the test: stable timings and results on shared CI cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def demo_raw(tmp_path_factory) -> Path:
     """data/raw with the two bundled demo clips (4 s, 30 fps, 44.1 kHz)."""

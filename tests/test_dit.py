@@ -37,12 +37,7 @@ AUDIO_DIM = 8
 TINY = dict(depth=2, hidden_size=32, num_heads=4, audio_dim=AUDIO_DIM)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_model(sample_size: int = 8, patch: int = 2, adaln: bool = False, seed: int = 0) -> DiTHead:
@@ -498,28 +493,24 @@ def test_stage_training_lowers_the_loss_on_a_fixed_batch(reference_run, demo_dat
 def test_interrupted_training_resumes_to_the_uninterrupted_result(reference_run, processed_demo, tmp_path,
                                                                   monkeypatch):
     workdir = make_workdir(tmp_path / "interrupted", processed_demo)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        # 1. SIGTERM: the stage saves a checkpoint at the current step and exits with a message.
-        with sigterm_self_when(lambda: bool(checkpoint_steps(workdir))):
-            with pytest.raises(SystemExit, match=r"interrupted at step (\d+)") as stopped:
-                run_stage(workdir, monkeypatch)
-        stopped_at = max(checkpoint_steps(workdir))
-        assert f"step {stopped_at};" in str(stopped.value) and 20 <= stopped_at < 60
 
-        # 2. SIGKILL (no chance to save) once a newer checkpoint exists.
-        log = tmp_path / "stage.log"
-        code = run_until_sigkill([sys.executable, str(STAGE)], workdir, log,
-                                lambda: max(checkpoint_steps(workdir), default=0) > stopped_at)
-        assert code == -signal.SIGKILL, log.read_text()[-2000:]
-        assert "resumed from" in log.read_text()
-        assert not (workdir / "models" / "dit").exists()
+    # 1. SIGTERM: the stage saves a checkpoint at the current step and exits with a message.
+    with sigterm_self_when(lambda: bool(checkpoint_steps(workdir))):
+        with pytest.raises(SystemExit, match=r"interrupted at step (\d+)") as stopped:
+            run_stage(workdir, monkeypatch)
+    stopped_at = max(checkpoint_steps(workdir))
+    assert f"step {stopped_at};" in str(stopped.value) and 20 <= stopped_at < 60
 
-        # 3. The same command again finishes the run, with exactly the uninterrupted run's result.
-        run_stage(workdir, monkeypatch)
-    finally:
-        torch.set_num_threads(threads)
+    # 2. SIGKILL (no chance to save) once a newer checkpoint exists.
+    log = tmp_path / "stage.log"
+    code = run_until_sigkill([sys.executable, str(STAGE)], workdir, log,
+                            lambda: max(checkpoint_steps(workdir), default=0) > stopped_at)
+    assert code == -signal.SIGKILL, log.read_text()[-2000:]
+    assert "resumed from" in log.read_text()
+    assert not (workdir / "models" / "dit").exists()
+
+    # 3. The same command again finishes the run, with exactly the uninterrupted run's result.
+    run_stage(workdir, monkeypatch)
     for sub in ("", "ema/"):
         resumed = load_file(workdir / "models" / "dit" / sub / "diffusion_pytorch_model.safetensors")
         reference = load_file(reference_run / "models" / "dit" / sub / "diffusion_pytorch_model.safetensors")
