@@ -98,9 +98,12 @@ def frame_generator(seed: int, frame: int) -> torch.Generator:
     return torch.Generator("cpu").manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
 
 
-def _frame_noise(generators: list[torch.Generator], shape: tuple[int, ...], device) -> torch.Tensor:
-    """One standard-normal latent per generator, stacked: (len(generators), *shape)."""
-    return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
+def _frame_noise(generators: list[torch.Generator], shape: tuple[int, ...], device,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """One standard-normal latent per generator, stacked: (len(generators), *shape).
+
+    Always drawn in float32 (the same numbers whatever ``dtype``), then cast."""
+    return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device, dtype)
 
 
 # --- sampling --------------------------------------------------------------------
@@ -109,11 +112,17 @@ def _model_dtype(model: torch.nn.Module) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
+def _latent_dtype(model: torch.nn.Module) -> torch.dtype:
+    """Latents and solver state stay in float32 for fp32/bf16/fp16 models, float64 for a float64 model
+    (exact comparisons of sampling orders, free of float32 rounding)."""
+    return torch.float64 if _model_dtype(model) == torch.float64 else torch.float32
+
+
 def _predict_noise(model, z, masked, reference, audio, t, dtype) -> torch.Tensor:
     timestep = torch.full((len(z),), int(t), device=z.device, dtype=torch.long)
     out = model(sample=z.to(dtype), masked=masked.to(dtype), reference=reference.to(dtype),
                 audio=audio.to(dtype), timestep=timestep).sample
-    return out.float()
+    return out.to(z.dtype)
 
 
 def _reference_latent(reference: torch.Tensor) -> torch.Tensor:
@@ -130,14 +139,14 @@ def sample_frame_by_frame(model, scheduler, conditions: FrameConditions, referen
     """
     device = torch.device(device) if device is not None else reference.device
     dtype = _model_dtype(model)
-    clean_reference = _reference_latent(reference).to(device, torch.float32)
+    clean_reference = _reference_latent(reference).to(device, _latent_dtype(model))
     previous: list[torch.Tensor] | None = None     # frame i-1's latent at each step
     with tqdm(total=len(conditions), unit="frame", desc=desc, disable=not progress) as bar:
         for i in range(len(conditions)):
             masked, audio = (x.to(device) for x in conditions.window(i, i + 1))
             sched = _fresh_scheduler(scheduler, steps)
             generators = [frame_generator(seed, i)]
-            z = _frame_noise(generators, clean_reference.shape[1:], device) * sched.init_noise_sigma
+            z = _frame_noise(generators, clean_reference.shape[1:], device, clean_reference.dtype) * sched.init_noise_sigma
             trajectory = []
             for k, t in enumerate(sched.timesteps):
                 trajectory.append(z)
@@ -163,7 +172,7 @@ def sample_lockstep(model, scheduler, conditions: FrameConditions, reference: to
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     device = torch.device(device) if device is not None else reference.device
     dtype = _model_dtype(model)
-    clean_reference = _reference_latent(reference).to(device, torch.float32)
+    clean_reference = _reference_latent(reference).to(device, _latent_dtype(model))
     carried: list[torch.Tensor] | None = None      # last frame of the previous chunk, at each step
     n_frames = len(conditions)
     with tqdm(total=n_frames, unit="frame", desc=desc, disable=not progress) as bar:
@@ -172,7 +181,7 @@ def sample_lockstep(model, scheduler, conditions: FrameConditions, reference: to
             masked, audio = (x.to(device) for x in conditions.window(start, stop))
             sched = _fresh_scheduler(scheduler, steps)
             generators = [frame_generator(seed, i) for i in range(start, stop)]
-            z = _frame_noise(generators, clean_reference.shape[1:], device) * sched.init_noise_sigma
+            z = _frame_noise(generators, clean_reference.shape[1:], device, clean_reference.dtype) * sched.init_noise_sigma
             last_frame_trajectory = []
             for k, t in enumerate(sched.timesteps):
                 last_frame_trajectory.append(z[-1:])
@@ -187,7 +196,7 @@ def sample_lockstep(model, scheduler, conditions: FrameConditions, reference: to
 
 def _step(sched, eps, t, z, generators, eta, device) -> torch.Tensor:
     if _is_stochastic(sched, eta):
-        noise = _frame_noise(generators, z.shape[1:], device)
+        noise = _frame_noise(generators, z.shape[1:], device, z.dtype)
         return sched.step(eps, t, z, eta=eta, variance_noise=noise).prev_sample
     if sched.__class__.__name__ == "DDIMScheduler":
         return sched.step(eps, t, z, eta=0.0).prev_sample

@@ -190,7 +190,9 @@ def test_fid_inception_loads_the_checkpoint_format_and_gives_pool_features(weigh
     features = fid.inception_features(net, images)
     assert features.shape == (2, fid.FEATURE_DIM) and np.isfinite(features).all()
     # Evaluation mode: an image's features do not depend on the rest of its batch.
-    assert np.allclose(fid.inception_features(net, images[:1]), features[:1], atol=1e-4)
+    # float32 through ~90 layers; batch sizes 1 and 2 round differently by CPU: 1e-4 of the feature scale.
+    scale = max(1.0, float(np.abs(features).max()))
+    assert np.allclose(fid.inception_features(net, images[:1]), features[:1], rtol=0, atol=1e-4 * scale)
     with pytest.raises(MissingWeightsError, match=r"weights\.inception_fid is empty"):
         fid.load_fid_inception("")
 

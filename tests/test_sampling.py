@@ -1,5 +1,6 @@
 """Evolving inference: lockstep sampling equals the frame-by-frame order."""
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,15 +55,42 @@ def run(sampler, model, conditions, reference, **kwargs):
 
 @pytest.mark.parametrize("solver,eta", [("ddim", 0.0), ("ddim", 1.0), ("dpmsolver++", 0.0)])
 def test_lockstep_equals_frame_by_frame_across_chunk_borders(setup, solver, eta):
+    """Same frames whatever the chunking, compared in float64.
+
+    In float32, a batch of 7 and a batch of 1 take different matmul/conv
+    kernels (MKL picks them per CPU), whose rounding (~1e-7 of the output
+    scale, here ~1) DPM-Solver++'s multistep history amplifies to ~1e-5 over 6
+    steps: a float32 comparison tests the CPU, not the sampling order. In
+    float64 the same amplification leaves differences near 1e-14, so 1e-9
+    still fails for any real ordering mistake (a wrong reference, audio or
+    step moves frames by ~1e-1, see the test below).
+    """
     model, conditions, reference = setup
+    model = copy.deepcopy(model).double()
+    conditions = TensorConditions(conditions.masked.double(), conditions.audio.double())
+    reference = reference.double()
     scheduler = make_scheduler(solver)
     reference_frames = run(sample_frame_by_frame, model, conditions, reference,
                            scheduler=scheduler, steps=6, seed=3, eta=eta)
+    assert reference_frames.dtype == torch.float64
     for chunk in (1, 3, 7, 16):   # 3 puts chunk borders after frames 2 and 5
         lockstep = run(sample_lockstep, model, conditions, reference,
                        scheduler=scheduler, steps=6, seed=3, eta=eta, chunk_size=chunk)
         assert lockstep.shape == (len(conditions), C, H, W)
-        torch.testing.assert_close(lockstep, reference_frames, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(lockstep, reference_frames, rtol=1e-9, atol=1e-9)
+
+
+def test_reference_moves_frames_far_beyond_that_tolerance(setup):
+    """The 1e-9 above is sharp: another reference latent moves the frames by orders of magnitude more."""
+    model, conditions, reference = setup
+    model = copy.deepcopy(model).double()
+    conditions = TensorConditions(conditions.masked.double(), conditions.audio.double())
+    scheduler = make_scheduler("ddim")
+    right = run(sample_lockstep, model, conditions, reference.double(), scheduler=scheduler, steps=6, seed=3,
+                chunk_size=7)
+    other_reference = run(sample_lockstep, model, conditions, torch.zeros_like(reference).double(),
+                          scheduler=scheduler, steps=6, seed=3, chunk_size=7)
+    assert (right - other_reference).abs().max() > 1e-3
 
 
 def test_every_later_frame_sees_previous_frames_noisy_latent_at_same_step(setup):
