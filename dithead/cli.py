@@ -86,8 +86,8 @@ def cmd_generate(args) -> int:
     pipe = DiTHeadPipeline.from_pretrained(args.models, weights=p["weights"], solver=args.solver or p["solver"],
                                            precision=p["precision"], device=device,
                                            mask_kernel_size=params["mask"]["kernel_size"],
-                                           mask_sigma=params["mask"]["sigma"], fps=params["data"]["fps"],
-                                           audio_features=extractor)
+                                           mask_sigma=params["mask"]["sigma"], mask_region=params["mask"]["region"],
+                                           fps=params["data"]["fps"], audio_features=extractor)
     settings = SampleSettings(steps=args.steps or p["steps"], seed=args.seed, chunk_size=p["chunk_size"],
                               eta=p["eta"], crf=p["crf"], watermark_message=p["watermark"]["message"],
                               watermark_strength=p["watermark"]["strength"],

@@ -70,12 +70,13 @@ class FrameDataset(Dataset):
     """
 
     def __init__(self, clips: Sequence[ProcessedClip], masked: bool, kernel_size: int, sigma: float,
-                 max_shift: int, seed: int, frames: np.ndarray | None = None):
+                 max_shift: int, seed: int, frames: np.ndarray | None = None, region: str = "jaw"):
         self.clips = list(clips)
         self.masked = masked
         self.kernel_size = kernel_size
         self.sigma = sigma
         self.max_shift = max_shift
+        self.region = region
         self.seed = seed
         self.frames = valid_frames(self.clips) if frames is None else np.asarray(frames, dtype=np.int64)
         if len(self.frames) == 0:
@@ -94,7 +95,8 @@ class FrameDataset(Dataset):
 
     def _mask(self, clip: ProcessedClip, frame: int, size: tuple[int, int], index: int) -> np.ndarray:
         shift = random_shift(np.random.default_rng([self.seed, index]), self.max_shift) if self.max_shift > 0 else (0, 0)
-        return lower_face_mask(np.asarray(clip.landmarks[frame]), size, self.kernel_size, self.sigma, shift=shift)
+        return lower_face_mask(np.asarray(clip.landmarks[frame]), size, self.kernel_size, self.sigma, shift=shift,
+                               region=self.region)
 
 
 def crop_size(clips: Sequence[ProcessedClip]) -> int:

@@ -100,6 +100,11 @@ class DiTHead(ModelMixin, AttentionMixin, ConfigMixin):
         )
         self.time_proj = Timesteps(TIMESTEP_FREQUENCIES, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.timestep_embedder = TimestepEmbedding(TIMESTEP_FREQUENCIES, hidden_size)
+        # Per-feature standardisation of the audio, set from the training data (``set_audio_statistics``)
+        # and saved with the weights: raw log-mel sits near -7 with a spread of 3.5, which a linear map
+        # turns into nearly the same token for every frame.
+        self.register_buffer("audio_mean", torch.zeros(audio_dim))
+        self.register_buffer("audio_std", torch.ones(audio_dim))
         self.audio_proj = nn.Linear(audio_dim, hidden_size)
         self.audio_pos = nn.Parameter(torch.zeros(1, audio_window, hidden_size))
 
@@ -150,8 +155,16 @@ class DiTHead(ModelMixin, AttentionMixin, ConfigMixin):
         window = self.config.audio_window
         if audio.ndim != 3 or audio.shape[1:] != (window, self.config.audio_dim):
             raise ValueError(f"audio must be (batch, {window}, {self.config.audio_dim}), got {tuple(audio.shape)}")
+        audio = (audio.to(self.audio_mean.dtype) - self.audio_mean) / self.audio_std
         audio_tokens = self.audio_proj(audio.to(self.audio_proj.weight.dtype)) + self.audio_pos
         return torch.cat([audio_tokens, timestep_embedding[:, None].to(audio_tokens.dtype)], dim=1)
+
+    @torch.no_grad()
+    def set_audio_statistics(self, features: torch.Tensor) -> None:
+        """Standardise audio inputs by the mean and std of ``features`` (M, audio_dim), e.g. the training frames'."""
+        features = features.reshape(-1, self.config.audio_dim).double()
+        self.audio_mean.copy_(features.mean(0))
+        self.audio_std.copy_(features.std(0).clamp_min(1e-3) if len(features) > 1 else torch.ones_like(self.audio_std))
 
     def unpatchify(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """(B, h*w, p*p*C) -> (B, C, h*p, w*p)."""
@@ -213,12 +226,16 @@ def make_noise_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
 
 def diffusion_loss(model: nn.Module, scheduler: DDPMScheduler, latents: torch.Tensor, masked: torch.Tensor,
                    reference: torch.Tensor, audio: torch.Tensor, *, noise: torch.Tensor | None = None,
-                   timesteps: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+                   timesteps: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                   snr_gamma: float | None = None) -> torch.Tensor:
     """The paper's objective (eq. 7): MSE between the noise added to ``latents``
     at a uniformly drawn step and the model's prediction of it.
 
     ``noise`` and ``timesteps`` fix the draw (validation compares like with like);
     otherwise they come from ``generator`` (on the latents' device).
+    ``snr_gamma``: Min-SNR-gamma weighting (Hang et al. 2023), each sample's
+    loss times min(SNR, gamma) / SNR: the many nearly clean steps, where the
+    answer is the input, stop dominating the gradient. None: the paper's plain MSE.
     """
     batch = latents.shape[0]
     if noise is None:
@@ -228,7 +245,14 @@ def diffusion_loss(model: nn.Module, scheduler: DDPMScheduler, latents: torch.Te
                                   generator=generator, device=latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     prediction = model(sample=noisy, masked=masked, reference=reference, audio=audio, timestep=timesteps).sample
-    return F.mse_loss(prediction.float(), noise.float())
+    if not snr_gamma:
+        return F.mse_loss(prediction.float(), noise.float())
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(scheduler, timesteps).float()
+    weight = snr.clamp(max=snr_gamma) / snr
+    per_sample = F.mse_loss(prediction.float(), noise.float(), reduction="none").flatten(1).mean(1)
+    return (weight * per_sample).mean()
 
 
 def forward_flops(config: Mapping[str, Any], batch: int = 1, height: int | None = None,

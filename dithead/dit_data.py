@@ -200,6 +200,7 @@ class MaskSettings:
     kernel_size: int = 31
     sigma: float = 8.0
     max_shift: int = 4
+    region: str = "jaw"
 
 
 class DiTDataset(Dataset):
@@ -239,7 +240,7 @@ class DiTDataset(Dataset):
         shift = random_shift(rng, self.mask.max_shift) if self.mask.max_shift > 0 else (0, 0)
         image = clip.crop(frame)
         mask = lower_face_mask(np.asarray(clip.landmarks[frame]), image.shape[:2], self.mask.kernel_size,
-                               self.mask.sigma, shift=shift)
+                               self.mask.sigma, shift=shift, region=self.mask.region)
         latents = self.latents[clip.name]
         return {
             "latent": torch.from_numpy(latents[frame].astype(np.float32)),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator, Sequence
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,13 +25,14 @@ import torch
 from diffusers import DDIMScheduler, VQModel
 from diffusers.training_utils import EMAModel
 
-from dithead.datasets import tensor_to_image
+from dithead.datasets import tensor_to_image, valid_frames
 from dithead.dit import DIT_PRESETS, DiTHead, diffusion_loss, dit_config, make_noise_scheduler
 from dithead.dit_data import (DiTDataset, LazyArrays, MaskSettings, audio_feature_paths, clip_fingerprint,
                               decode_latents, encode_latents, evenly_spaced, file_sha256, model_fingerprint,
-                              precompute_latents, target_frames)
+                              precompute_latents)
 from dithead.fileio import atomic_path
-from dithead.split import IdentitySplit, split_by_identity
+from dithead.split import (DataSplit, FrameRangeView, held_out_frames, make_split, reference_clips,
+                            training_clips)
 from dithead.store import ProcessedClip
 from dithead.training import (MIXED_PRECISION_CHOICES, Checkpointer, GracefulStop, Throughput, TrainingInterrupted,
                               check_minimums, checkpoint_settings, log_image, log_metrics, make_accelerator,
@@ -47,6 +49,7 @@ class DiTTrainingConfig:
     mask_kernel_size: int = 31
     mask_sigma: float = 8.0
     mask_max_shift: int = 4
+    mask_region: str = "jaw"
     # model: a preset of DIT_PRESETS, optionally resized (None keeps the preset's value)
     preset: str = "DiT-L/2"
     depth: int | None = None
@@ -57,11 +60,12 @@ class DiTTrainingConfig:
     # data
     audio_window: int = 11
     min_ref_distance: int = 60
-    val_identities: list[str] = field(default_factory=list)
-    val_identity_count: int = 1
+    split: dict = field(default_factory=lambda: {"mode": "identity", "val_identity_count": 1})   # the split: params
+    fps: float = 25.0                   # frames per second of the preprocessed clips (time split's gap)
     val_samples: int = 64
     # diffusion and optimisation
     diffusion_steps: int = 1000
+    snr_gamma: float | None = None      # Min-SNR-gamma loss weighting; None: the paper's plain MSE
     learning_rate: float = 1e-4
     weight_decay: float = 0.0
     batch_size: int = 32                # per process and micro-step
@@ -97,6 +101,8 @@ class DiTTrainingConfig:
         if self.audio_window % 2 == 0:
             raise ValueError(f"dit.audio_window must be odd (the frame and as many on either side), "
                              f"not {self.audio_window}")
+        if self.snr_gamma is not None and self.snr_gamma <= 0:
+            raise ValueError(f"dit.snr_gamma must be null or > 0, not {self.snr_gamma}")
         if self.ema_decay > 1:
             raise ValueError(f"dit.ema_decay must be in [0, 1], not {self.ema_decay}")
         if self.sample_steps > self.diffusion_steps:
@@ -121,31 +127,40 @@ def _fingerprint_config(config: DiTTrainingConfig) -> dict:
 class _Data:
     train: DiTDataset
     validation: DiTDataset | None
-    split: IdentitySplit
+    split: DataSplit
     audio_dim: int
     latent_shape: tuple[int, int, int]
 
 
 def _prepare_data(clips: Sequence[ProcessedClip], config: DiTTrainingConfig, features_dir: Path,
                   vq_gt: VQModel, latent_cache_dir: Path, accelerator) -> _Data:
-    split = split_by_identity(clips, config.val_identities, config.val_identity_count, config.seed)
+    split = make_split(clips, config.split, config.seed, config.fps)
     feature_paths, audio_dim = audio_feature_paths(clips, features_dir)
     latent_paths = precompute_latents(vq_gt, clips, latent_cache_dir, batch_size=config.latent_batch_size,
                                       accelerator=accelerator)
     latents, features = LazyArrays(latent_paths), LazyArrays(feature_paths)
     common = dict(latents=latents, features=features, min_ref_distance=config.min_ref_distance,
                   audio_window=config.audio_window, seed=config.seed)
-    mask = MaskSettings(config.mask_kernel_size, config.mask_sigma, config.mask_max_shift)
-    train_rows = target_frames(clips, split.train)
+    mask = MaskSettings(config.mask_kernel_size, config.mask_sigma, config.mask_max_shift, config.mask_region)
+    # Training reads each clip through its training range only (a time split holds out its end).
+    train_views = [next(iter(training_clips([clip], split)), FrameRangeView(clip, 0, 0)) for clip in clips]
+    train_rows = valid_frames(train_views)
     if len(train_rows) == 0:
         raise ValueError(f"no frames with a face in the training clips {split.train}")
-    train = DiTDataset(clips, train_rows, mask=mask, **common)
-    val_rows = evenly_spaced(target_frames(clips, split.validation), config.val_samples)
-    # Validation items are fixed: no mask shift, references drawn from the seed.
-    validation = DiTDataset(clips, val_rows, mask=MaskSettings(mask.kernel_size, mask.sigma, 0),
+    train = DiTDataset(train_views, train_rows, mask=mask, **common)
+    val_rows = evenly_spaced(held_out_frames(clips, split), config.val_samples)
+    # Validation items are fixed: no mask shift, references drawn from the seed (from the training
+    # part of the clip under a time split, as a user dubbing their own footage would).
+    validation = DiTDataset(reference_clips(clips, split), val_rows, mask=dataclasses.replace(mask, max_shift=0),
                             **common) if len(val_rows) else None
     latent_shape = tuple(latents[clips[0].name].shape[1:])
     return _Data(train, validation, split, audio_dim, latent_shape)
+
+
+def training_audio(dataset: DiTDataset) -> torch.Tensor:
+    """(M, D) audio features of the training frames, for the model's audio standardisation."""
+    rows = [dataset.features[dataset.clips[c].name][f] for c, f in dataset.frames]
+    return torch.from_numpy(np.asarray(rows, dtype=np.float32))
 
 
 def build_model(config: DiTTrainingConfig, latent_shape: tuple[int, int, int], audio_dim: int) -> DiTHead:
@@ -176,26 +191,57 @@ def _collate(dataset: DiTDataset, first: int, stop: int) -> dict[str, torch.Tens
     return {name: torch.stack([item[name] for item in items]) for name in items[0]}
 
 
+# Inputs swapped for the same input of another held-out frame, to measure what each one contributes.
+SWAPPABLE = ("audio", "reference", "masked")
+
+
 @torch.no_grad()
-def validation_loss(model: DiTHead, scheduler, dataset: DiTDataset, vq_masked: VQModel, *, batch_size: int,
-                    seed: int, device: torch.device, autocast) -> float:
-    """Mean diffusion loss over ``dataset`` with noise and steps fixed by ``seed``: comparable across steps."""
+def validation_inputs(dataset: DiTDataset, vq_masked: VQModel, *, batch_size: int, device: torch.device,
+                      autocast) -> dict[str, torch.Tensor]:
+    """Every validation item's model inputs (masked frames encoded), stacked: a few MB for val_samples frames."""
+    parts = [_conditions(_to_device(_collate(dataset, first, min(first + batch_size, len(dataset))), device),
+                         vq_masked, autocast) for first in range(0, len(dataset), batch_size)]
+    return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+
+
+@torch.no_grad()
+def validation_loss(model: DiTHead, scheduler, inputs: dict[str, torch.Tensor], *, batch_size: int, seed: int,
+                    autocast, swap: str | None = None) -> float:
+    """Mean diffusion loss over the validation ``inputs``, noise and steps fixed by ``seed`` (comparable across steps).
+
+    ``swap``: one of ``SWAPPABLE``; each frame gets that input from the frame half the set away (other speech,
+    another reference, another masked frame). The rise of the loss over the true inputs is what that input
+    tells the model: near zero for audio means the model does not listen.
+    """
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
-    for first in range(0, len(dataset), batch_size):
-        stop = min(first + batch_size, len(dataset))
-        batch = _to_device(_collate(dataset, first, stop), device)
-        inputs = _conditions(batch, vq_masked, autocast)
+    n = len(inputs["latents"])
+    if swap is not None:
+        inputs = {**inputs, swap: inputs[swap].roll(n // 2, dims=0)}
+    total = 0.0
+    for first in range(0, n, batch_size):
+        stop = min(first + batch_size, n)
+        batch = {name: value[first:stop] for name, value in inputs.items()}
         g = torch.Generator().manual_seed(seed * 1_000_003 + first)
-        noise = torch.randn(inputs["latents"].shape, generator=g).to(device)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (stop - first,), generator=g).to(device)
+        noise = torch.randn(batch["latents"].shape, generator=g).to(batch["latents"].device)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (stop - first,), generator=g)
         with autocast():
-            loss = diffusion_loss(model, scheduler, **inputs, noise=noise, timesteps=timesteps)
+            loss = diffusion_loss(model, scheduler, **batch, noise=noise, timesteps=timesteps.to(noise.device))
         total += float(loss) * (stop - first)
-        count += stop - first
     model.train(was_training)
-    return total / count
+    return total / n
+
+
+def input_contributions(model: DiTHead, scheduler, inputs: dict[str, torch.Tensor], *, batch_size: int, seed: int,
+                        autocast) -> dict[str, float]:
+    """``val/loss_ema`` and, per swappable input, ``val/<input>_gain``: the loss with that input swapped minus it."""
+    common = dict(batch_size=batch_size, seed=seed, autocast=autocast)
+    true_loss = validation_loss(model, scheduler, inputs, **common)
+    metrics = {"val/loss_ema": true_loss}
+    if len(inputs["latents"]) >= 2:
+        for name in SWAPPABLE:
+            metrics[f"val/{name}_gain"] = validation_loss(model, scheduler, inputs, swap=name, **common) - true_loss
+    return metrics
 
 
 @torch.no_grad()
@@ -246,6 +292,7 @@ def train_dit(clips: Sequence[ProcessedClip], config: DiTTrainingConfig, *, feat
 
     scheduler = make_noise_scheduler(config.diffusion_steps)
     model = build_model(config, data.latent_shape, data.audio_dim)
+    model.set_audio_statistics(training_audio(data.train))
     ema = EMAModel(model.parameters(), decay=config.ema_decay, foreach=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -267,15 +314,17 @@ def train_dit(clips: Sequence[ProcessedClip], config: DiTTrainingConfig, *, feat
     throughput = Throughput()
     samples_per_step = config.batch_size * config.gradient_accumulation * accelerator.num_processes
     evaluation = dict(vq_masked=vq_masked, device=device, autocast=accelerator.autocast)
+    val_inputs = validation_inputs(data.validation, vq_masked, batch_size=config.batch_size, device=device,
+                                   autocast=accelerator.autocast) \
+        if accelerator.is_main_process and data.validation is not None else None
+    val_args = dict(batch_size=config.batch_size, seed=config.seed, autocast=accelerator.autocast)
 
     def validate(step: int, with_images: bool) -> dict[str, float]:
         metrics = {}
-        if accelerator.is_main_process and data.validation is not None:
-            metrics["val/loss"] = validation_loss(plain_model, scheduler, data.validation, batch_size=config.batch_size,
-                                                  seed=config.seed, **evaluation)
+        if val_inputs is not None:
+            metrics["val/loss"] = validation_loss(plain_model, scheduler, val_inputs, **val_args)
             with ema_weights(ema, plain_model):
-                metrics["val/loss_ema"] = validation_loss(plain_model, scheduler, data.validation,
-                                                          batch_size=config.batch_size, seed=config.seed, **evaluation)
+                metrics.update(input_contributions(plain_model, scheduler, val_inputs, **val_args))
                 if with_images:
                     grid = preview_grid(plain_model, scheduler, data.validation, vq_gt=vq_gt, count=config.sample_count,
                                         steps=config.sample_steps, seed=config.seed, **evaluation)
@@ -293,7 +342,7 @@ def train_dit(clips: Sequence[ProcessedClip], config: DiTTrainingConfig, *, feat
                 inputs = _conditions(batch, vq_masked, accelerator.autocast)
                 noise_rng = step_generator(config.seed, step, micro_step, accelerator.process_index, device)
                 with accelerator.accumulate(model), accelerator.autocast():
-                    loss = diffusion_loss(model, scheduler, **inputs, generator=noise_rng)
+                    loss = diffusion_loss(model, scheduler, **inputs, generator=noise_rng, snr_gamma=config.snr_gamma)
                     accelerator.backward(loss)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
@@ -342,13 +391,14 @@ def ema_weights(ema: EMAModel, model: torch.nn.Module) -> Iterator[torch.nn.Modu
 
 
 def save_dit(accelerator, output_dir: str | Path, model: DiTHead, ema: EMAModel, scheduler,
-             split: IdentitySplit) -> None:
+             split: DataSplit) -> None:
     """Write raw weights, ``ema/``, ``scheduler/`` and ``split.json`` to ``output_dir``, all or nothing."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         # A fresh model with the EMA weights: its config.json is the DiT's own,
         # without the EMA bookkeeping EMAModel.save_pretrained would add.
         ema_model = DiTHead.from_config(model.config)
+        ema_model.load_state_dict(model.state_dict())       # buffers (audio statistics); EMA weights next
         ema.copy_to(ema_model.parameters())
         with atomic_path(output_dir) as tmp:
             model.save_pretrained(tmp)

@@ -83,10 +83,11 @@ class ClipConditions:
 
     def __init__(self, clip: ProcessedClip, order: np.ndarray, features: np.ndarray, vq_masked,
                  mask_kernel_size: int, mask_sigma: float, device: torch.device, autocast, audio_window: int = 11,
-                 mask_cache_size: int = 32):
+                 mask_cache_size: int = 32, mask_region: str = "jaw"):
         self.clip, self.order, self.features = clip, order, features
         self.vq_masked, self.device, self.autocast = vq_masked, device, autocast
         self.mask_kernel_size, self.mask_sigma, self.audio_window = mask_kernel_size, mask_sigma, audio_window
+        self.mask_region = mask_region
         self.landmark_frame = nearest_valid(np.asarray(clip.valid))
         self._landmark_mask = functools.lru_cache(maxsize=mask_cache_size)(self._compute_mask)
 
@@ -100,7 +101,7 @@ class ClipConditions:
     def _compute_mask(self, landmark_frame: int) -> np.ndarray:
         size = int(self.clip.meta["size"])
         landmarks = np.asarray(self.clip.landmarks[landmark_frame])
-        mask = lower_face_mask(landmarks, (size, size), self.mask_kernel_size, self.mask_sigma)
+        mask = lower_face_mask(landmarks, (size, size), self.mask_kernel_size, self.mask_sigma, region=self.mask_region)
         mask.flags.writeable = False        # shared by every caller through the cache
         return mask
 
@@ -121,12 +122,14 @@ def source_frames(video: str | os.PathLike, order: np.ndarray, fps: float, work_
     stores the frames losslessly (PNG) in ``work_dir`` for random access, so
     memory stays flat either way.
     """
-    forward_only = np.array_equal(order, np.arange(len(order)))
+    first = int(order[0]) if len(order) else 0
+    forward_only = np.array_equal(order, np.arange(first, first + len(order)))
     if forward_only:
         for frame in iter_frames(video, fps):
-            if frame.index >= len(order):
+            if frame.index >= first + len(order):
                 return
-            yield frame.image
+            if frame.index >= first:
+                yield frame.image
         return
     needed = int(order.max()) + 1
     with CropStoreWriter(work_dir, codec="png") as writer:
@@ -143,6 +146,7 @@ class DiTHeadPipeline:
     """DiT + scheduler + VQGAN encoders/decoder, ready to dub videos."""
 
     def __init__(self, dit, scheduler, vq_masked, vq_gt, *, mask_kernel_size: int = 31, mask_sigma: float = 8.0,
+                 mask_region: str = "jaw",
                  fps: float = 25.0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  audio_features: Callable[[np.ndarray, int], np.ndarray] | None = None,
                  model_name: str = MODEL_NAME):
@@ -155,6 +159,7 @@ class DiTHeadPipeline:
         self.vq_gt = vq_gt.to(self.device).eval()
         self.scheduler = scheduler
         self.mask_kernel_size, self.mask_sigma, self.fps = mask_kernel_size, mask_sigma, fps
+        self.mask_region = mask_region
         self.audio_features = audio_features
         self.model_name = model_name
 
@@ -187,51 +192,101 @@ class DiTHeadPipeline:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def _reference_latent(self, clip: ProcessedClip, target: int, settings: SampleSettings) -> tuple[torch.Tensor, int]:
+    @staticmethod
+    def reference_index(clip: ProcessedClip, target: int, settings: SampleSettings,
+                        reference_frames: tuple[int, int] | None = None) -> int:
+        """The first frame's reference (paper 3.4): a random frame with a face, at least
+        ``min_reference_distance`` from ``target``, taken from ``reference_frames`` ([start, stop)) if given."""
+        valid = np.array(clip.valid, dtype=bool)
+        if reference_frames is not None:
+            inside = np.zeros_like(valid)
+            inside[reference_frames[0]:reference_frames[1]] = True
+            valid &= inside
         rng = np.random.default_rng(settings.seed)
-        index = pick_reference_index(len(clip), target, rng, settings.min_reference_distance, np.asarray(clip.valid))
+        return pick_reference_index(len(clip), target, rng, settings.min_reference_distance, valid)
+
+    def _reference_latent(self, clip: ProcessedClip, index: int) -> torch.Tensor:
         image = torch.from_numpy(clip.crop(index)).permute(2, 0, 1)[None].to(self.device)
         with self._autocast():
-            return encode_latents(self.vq_gt, image).float(), index
+            return encode_latents(self.vq_gt, image).float()
 
     @torch.no_grad()
     def sample_clip(self, clip: ProcessedClip, features: np.ndarray, audio_path: str | os.PathLike,
                     output: str | os.PathLike, settings: SampleSettings | None = None,
-                    video_path: str | os.PathLike | None = None, progress: bool = True) -> dict:
-        """Dub ``clip`` with ``features`` (one row per output frame) and mux ``audio_path``; returns a report."""
+                    video_path: str | os.PathLike | None = None, progress: bool = True,
+                    frames: tuple[int, int] | None = None, reference_frames: tuple[int, int] | None = None) -> dict:
+        """Dub ``clip`` with ``features`` (one row per output frame) and mux ``audio_path``; returns a report.
+
+        ``frames``: the part [start, stop) of the clip to dub (default: all of it), e.g. the held-out end of
+        a time split; ``reference_frames``: where the reference frame may come from (default: anywhere).
+        """
         settings = settings or SampleSettings()
-        video_path = Path(video_path or clip.meta["source"]["video"])
-        order = driving_frame_order(len(clip), len(features))
-        conditions = ClipConditions(clip, order, features, self.vq_masked, self.mask_kernel_size, self.mask_sigma,
-                                    self.device, self._autocast, getattr(self.dit.config, "audio_window", 11),
-                                    mask_cache_size=2 * settings.chunk_size)
-        reference, reference_index = self._reference_latent(clip, int(order[0]), settings)
-        bits = wm.message_bits(settings.watermark_message)
+        order = self._order(clip, len(features), frames)
+        conditions = self._conditions(clip, order, features, settings)
+        reference_index = self.reference_index(clip, int(order[0]), settings, reference_frames)
+        reference = self._reference_latent(clip, reference_index)
         start = time.perf_counter()
         chunks = sample_lockstep(self.dit, self.scheduler, conditions, reference, steps=settings.steps,
                                  seed=settings.seed, chunk_size=settings.chunk_size, eta=settings.eta,
                                  device=self.device, progress=progress, desc=f"sampling {clip.name}")
+        crops = (crop for latents in chunks for crop in self._decode(latents))
+        written = self._write_video(clip, order, crops, conditions.mask, audio_path, output, settings, video_path)
+        seconds = time.perf_counter() - start
+        return {"clip": clip.name, "output": str(output), "frames": written, "video_frames": len(clip),
+                "start_frame": int(order[0]), "ping_pong": bool(order.max() - order.min() + 1 < len(order)),
+                "reference_frame": reference_index, "steps": settings.steps, "seconds": round(seconds, 2),
+                "frames_per_second": round(written / seconds, 3), "watermark": settings.watermark_message}
+
+    def paste_reference(self, clip: ProcessedClip, n_frames: int, audio_path: str | os.PathLike,
+                        output: str | os.PathLike, settings: SampleSettings | None = None,
+                        video_path: str | os.PathLike | None = None, frames: tuple[int, int] | None = None,
+                        reference_frames: tuple[int, int] | None = None) -> dict:
+        """The reference-copy baseline: the reference frame's own crop pasted with the same mask into every
+        frame, as ``sample_clip`` would paste generated ones (no audio, no motion: the floor a model must beat)."""
+        settings = settings or SampleSettings()
+        order = self._order(clip, n_frames, frames)
+        masks = self._conditions(clip, order, np.zeros((n_frames, 1), np.float32), settings).mask
+        reference_index = self.reference_index(clip, int(order[0]), settings, reference_frames)
+        crop = clip.crop(reference_index)
+        written = self._write_video(clip, order, (crop for _ in order), masks, audio_path, output, settings,
+                                    video_path)
+        return {"clip": clip.name, "output": str(output), "frames": written, "video_frames": len(clip),
+                "start_frame": int(order[0]), "reference_frame": reference_index, "steps": 0}
+
+    @staticmethod
+    def _order(clip: ProcessedClip, n_frames: int, frames: tuple[int, int] | None) -> np.ndarray:
+        start, stop = frames if frames is not None else (0, len(clip))
+        if not 0 <= start < stop <= len(clip):
+            raise ValueError(f"clip '{clip.name}' has {len(clip)} frames; cannot dub frames [{start}, {stop})")
+        return start + driving_frame_order(stop - start, n_frames)
+
+    def _conditions(self, clip: ProcessedClip, order: np.ndarray, features: np.ndarray,
+                    settings: SampleSettings) -> ClipConditions:
+        return ClipConditions(clip, order, features, self.vq_masked, self.mask_kernel_size, self.mask_sigma,
+                              self.device, self._autocast, getattr(self.dit.config, "audio_window", 11),
+                              mask_cache_size=2 * settings.chunk_size, mask_region=self.mask_region)
+
+    def _decode(self, latents: torch.Tensor) -> np.ndarray:
+        with self._autocast():
+            return tensor_to_image(decode_latents(self.vq_gt, latents).float())
+
+    def _write_video(self, clip: ProcessedClip, order: np.ndarray, crops: Iterator[np.ndarray],
+                     mask: Callable[[int], np.ndarray], audio_path, output, settings: SampleSettings,
+                     video_path=None) -> int:
+        """Paste one crop per output frame into the source frames of ``order``, watermark, encode; returns frames."""
+        video_path = Path(video_path or clip.meta["source"]["video"])
+        bits = wm.message_bits(settings.watermark_message)
         with tempfile.TemporaryDirectory() as work, \
                 VideoWriter(output, self.fps, crf=settings.crf, audio=audio_path,
                             metadata=wm.provenance_tags(self.model_name, settings.watermark_message)) as writer:
             frames = source_frames(video_path, order, self.fps, Path(work))
-            k = 0
-            for latents in chunks:
-                with self._autocast():
-                    crops = decode_latents(self.vq_gt, latents).float()
-                crops = tensor_to_image(crops)
-                for crop in crops:
-                    frame = next(frames)
-                    v = int(order[k])
-                    if clip.valid[v]:
-                        frame = paste_back(frame, crop, np.asarray(clip.boxes[v]), conditions.mask(v))
-                    writer.write(wm.embed(frame, bits, settings.watermark_strength))
-                    k += 1
-        seconds = time.perf_counter() - start
-        return {"clip": clip.name, "output": str(output), "frames": k, "video_frames": len(clip),
-                "ping_pong": bool(len(features) > len(clip)), "reference_frame": reference_index,
-                "steps": settings.steps, "seconds": round(seconds, 2), "frames_per_second": round(k / seconds, 3),
-                "watermark": settings.watermark_message}
+            written = 0
+            for v, crop, frame in zip(order, crops, frames):
+                if clip.valid[v]:
+                    frame = paste_back(frame, crop, np.asarray(clip.boxes[v]), mask(int(v)))
+                writer.write(wm.embed(frame, bits, settings.watermark_strength))
+                written += 1
+        return written
 
     def __call__(self, video: str | os.PathLike, audio: str | os.PathLike, output: str | os.PathLike,
                  settings: SampleSettings | None = None, preprocess_config=None, progress: bool = True) -> dict:

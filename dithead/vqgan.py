@@ -275,6 +275,7 @@ class VQGANTrainingConfig:
     mask_kernel_size: int = 31
     mask_sigma: float = 8.0
     mask_max_shift: int = 4
+    mask_region: str = "jaw"
     # model
     channels: list[int] = field(default_factory=lambda: [128, 256, 512])
     layers_per_block: int = 2
@@ -385,7 +386,8 @@ def train_vqgan(clips: Sequence[ProcessedClip], config: VQGANTrainingConfig, *, 
 
     size = crop_size(clips)
     train_rows, val_rows = split_frames(clips, config.val_frames)
-    mask_args = dict(masked=config.masked, kernel_size=config.mask_kernel_size, sigma=config.mask_sigma)
+    mask_args = dict(masked=config.masked, kernel_size=config.mask_kernel_size, sigma=config.mask_sigma,
+                     region=config.mask_region)
     train_set = FrameDataset(clips, **mask_args, max_shift=config.mask_max_shift, seed=config.seed, frames=train_rows)
     val_set = FrameDataset(clips, **mask_args, max_shift=0, seed=config.seed, frames=val_rows) if len(val_rows) else None
 

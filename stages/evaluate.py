@@ -3,7 +3,8 @@
 Writes
 - metrics/eval.json: overall and per-clip PSNR, SSIM, LPIPS, FID, LSE-C, LSE-D,
   LMD, mouth PSNR/SSIM, and the reason for any metric not computed;
-- dvclive/evaluate/plots/custom/: per-frame PSNR and LMD of every clip;
+- dvclive/evaluate/plots/custom/: per-frame PSNR and LMD of every clip, and its
+  mouth opening beside the ground truth's (mouth_open_<clip>);
 - outputs/eval/report.json: the full per-clip reports (frame counts, overlap,
   frames without a face, crop, audio, notes);
 - outputs/eval/<clip>_side_by_side.mp4: ground truth | generated | |difference|
@@ -65,7 +66,7 @@ def main() -> int:
 
 
 def write_plots(results: dict) -> None:
-    """Per-frame PSNR and LMD of each clip as dvclive custom plots (``dvc plots show``)."""
+    """Per-frame PSNR, LMD and mouth opening of each clip as dvclive custom plots (``dvc plots show``)."""
     from dvclive import Live
 
     # dvc.yaml declares the plots; dvclive writes no dvc.yaml and saves no experiment.
@@ -79,6 +80,20 @@ def write_plots(results: dict) -> None:
             if points:
                 live.log_plot(f"{metric}_{clip}", points, x="frame", y=metric, template="linear",
                               title=f"{clip}: per-frame {metric.upper()}")
+        log_mouth_plot(live, clip, result.per_frame)
+
+
+def log_mouth_plot(live, clip: str, per_frame: dict) -> None:
+    """Generated and ground-truth mouth opening in one plot: a lag, a frozen or a shy mouth shows at a glance."""
+    series = [per_frame.get(name) for name in ("mouth_open", "mouth_open_gt")]
+    if any(values is None for values in series):
+        return
+    points = [{"frame": k, "mouth_open": float(g), "mouth_open_gt": float(t)}
+              for k, (g, t) in enumerate(zip(*series)) if np.isfinite(g) and np.isfinite(t)]
+    if points:
+        live.log_plot(f"mouth_open_{clip}", points, x="frame", y=["mouth_open", "mouth_open_gt"],
+                      template="linear", title=f"{clip}: mouth opening, generated and ground truth",
+                      y_label="inner-lip gap / eye distance")
 
 
 if __name__ == "__main__":

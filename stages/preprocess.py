@@ -42,7 +42,7 @@ def write_previews(params: dict) -> None:
         tmp.mkdir(parents=True)
         for clip in list_clips(PROCESSED):
             image = mask_preview(clip, params["preprocess"]["preview_frames"],
-                                 params["mask"]["kernel_size"], params["mask"]["sigma"])
+                                 params["mask"]["kernel_size"], params["mask"]["sigma"], params["mask"]["region"])
             save_png(tmp / f"{clip.name}.png", image)
 
 

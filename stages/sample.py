@@ -1,23 +1,34 @@
 """DVC stage `sample`: held-out clips (and dubbing pairs) -> outputs/samples/*.mp4.
 
-- outputs/samples/<clip>.mp4: every held-out clip (models/dit/split.json)
-  driven by its own audio; `evaluate` compares these with the ground truth.
+- outputs/samples/<clip>.mp4: the held-out part of every clip (models/dit/split.json:
+  whole clips of held-out identities, or each clip's held-out end under a time
+  split) driven by its own audio; `evaluate` compares these with the ground truth.
+- outputs/samples/<clip>__<baseline>.mp4 for each of `sample.baselines`, scored
+  against the same ground truth: `reference_copy` (the reference frame's lower
+  face pasted with the same mask: no audio, no motion), `mismatched_audio` (the
+  model driven by the same speech rotated by half the part: sync must collapse)
+  and `silence` (the model driven by silence: the mouth should stay closed).
 - outputs/samples/dubbed/<video>__<audio>.mp4: each `sample.dubbing` pair, the
   video of one clip driven by the audio of another.
-- outputs/samples/report.json: frames, speed and reference frame per video.
+- outputs/samples/report.json: per video, its clip, first frame, variant, frames,
+  speed and reference frame (`evaluate` reads the clip, first frame and variant).
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
+from dithead.audio import write_wav
 from dithead.device import default_device
 from dithead.fileio import atomic_path, write_json
-from dithead.generate import DiTHeadPipeline, ModelDirectoryError, SampleSettings
+from dithead.generate import DiTHeadPipeline, ModelDirectoryError, SampleSettings, audio_feature_extractor
 from dithead.params import load_params
 from dithead.store import ProcessedClip
 from dithead.video import VideoError
@@ -26,6 +37,21 @@ PROCESSED = Path("data/processed")
 FEATURES = Path("data/features")
 MODELS = Path("models")
 OUTPUT = Path("outputs/samples")
+BASELINES = ("reference_copy", "mismatched_audio", "silence")
+MIN_MISMATCH_SECONDS = 2.0      # a rotation shorter than this could leave the speech nearly in place
+
+
+@dataclass
+class Job:
+    """One video to make: frames [start, stop) of clip ``video`` driven by ``audio`` (a clip's features, or
+    a variant of the video's own), its reference frame taken from ``reference_frames`` ([start, stop) or None)."""
+
+    video: str
+    audio: str
+    output: Path                      # relative to outputs/samples
+    variant: str                      # generated | reference_copy | mismatched_audio | silence | dubbed
+    frames: tuple[int, int] | None = None
+    reference_frames: tuple[int, int] | None = None
 
 
 def settings(params: dict) -> SampleSettings:
@@ -36,24 +62,79 @@ def settings(params: dict) -> SampleSettings:
                           min_reference_distance=params["dit"]["min_ref_distance"])
 
 
-def jobs(params: dict) -> list[tuple[str, str, Path]]:
-    """(video clip, audio clip, output path relative to outputs/samples) for every video to make."""
+def jobs(params: dict) -> list[Job]:
+    """Every video to make: the held-out parts, their baselines, the dubbing pairs."""
     split_file = MODELS / "dit" / "split.json"
     if not split_file.is_file():
         raise SystemExit(f"sample: {split_file} not found (run the train_dit stage first)")
     split = json.loads(split_file.read_text())
-    todo = [(name, name, Path(f"{name}.mp4")) for name in split["validation"]]
+    baselines = list(params["sample"].get("baselines") or [])
+    unknown = sorted(set(baselines) - set(BASELINES))
+    if unknown:
+        raise SystemExit(f"sample: unknown sample.baselines {unknown}; choose from {', '.join(BASELINES)}")
+    todo = []
+    for name in split["validation"]:
+        frames = tuple(split.get("validation_frames", {}).get(name) or ()) or None
+        reference = tuple(split.get("train_frames", {}).get(name) or ()) or None
+        todo.append(Job(name, name, Path(f"{name}.mp4"), "generated", frames, reference))
+        todo += [Job(name, name, Path(f"{name}__{b}.mp4"), b, frames, reference) for b in baselines]
     for pair in params["sample"]["dubbing"]:
         video, audio = pair["video"], pair["audio"]
-        todo.append((video, audio, Path("dubbed") / f"{video}__{audio}.mp4"))
-    for video, audio, _ in todo:
-        for name in (video, audio):
+        todo.append(Job(video, audio, Path("dubbed") / f"{video}__{audio}.mp4", "dubbed"))
+    for job in todo:
+        for name in (job.video, job.audio):
             if not (PROCESSED / name / "meta.json").is_file():
                 raise SystemExit(f"sample: clip '{name}' (sample.dubbing or split.json) is not in {PROCESSED}")
             if not (FEATURES / f"{name}.npy").is_file():
                 raise SystemExit(f"sample: no audio features for '{name}' in {FEATURES} "
                                  "(run the extract_audio_features stage)")
     return todo
+
+
+def driving_audio(job: Job, params: dict, work: Path) -> tuple[np.ndarray, Path]:
+    """Per-frame features and a wav of the audio that drives ``job``: the audio clip's own over the job's
+    frames, rotated by half for ``mismatched_audio``, silence for ``silence``."""
+    clip = ProcessedClip(PROCESSED / job.audio)
+    features = np.load(FEATURES / f"{job.audio}.npy")
+    samples, rate = sf.read(clip.audio_path, dtype="float32")
+    fps = params["data"]["fps"]
+    if job.frames is not None:
+        start, stop = job.frames
+        features = features[start:stop]
+        samples = samples[int(round(start * rate / fps)):int(round(stop * rate / fps))]
+    if job.variant == "mismatched_audio":
+        shift = len(features) // 2
+        if shift < MIN_MISMATCH_SECONDS * fps:
+            raise SystemExit(f"sample: clip '{job.video}' has {len(features)} held-out frames, too few to rotate "
+                             f"its audio by {MIN_MISMATCH_SECONDS} s for the mismatched_audio baseline")
+        features = np.roll(features, shift, axis=0)
+        samples = np.roll(samples, int(round(shift * rate / fps)))
+    elif job.variant == "silence":
+        samples = np.zeros_like(samples)
+        features = silence_features(params, samples, len(features))
+    path = work / f"{job.output.stem}.wav"
+    write_wav(path, samples, rate)
+    return features, path
+
+
+def silence_features(params: dict, samples: np.ndarray, n_frames: int) -> np.ndarray:
+    """Features of ``samples`` (silence) from the encoder the DiT was trained with."""
+    p = params["audio_features"]
+    extract = audio_feature_extractor(p["encoder"], fps=params["data"]["fps"], sample_rate=params["data"]["sample_rate"],
+                                      n_mels=p["n_mels"], model=p["model"], output=p["output"], layer=p["layer"],
+                                      chunk_seconds=p["chunk_seconds"], device=str(default_device()))
+    return extract(samples, n_frames)
+
+
+def make_video(pipe: DiTHeadPipeline, job: Job, params: dict, out: Path, work: Path) -> dict:
+    features, audio_path = driving_audio(job, params, work)
+    clip = ProcessedClip(PROCESSED / job.video)
+    common = dict(settings=settings(params), frames=job.frames, reference_frames=job.reference_frames)
+    if job.variant == "reference_copy":
+        report = pipe.paste_reference(clip, len(features), audio_path, out / job.output, **common)
+    else:
+        report = pipe.sample_clip(clip, features, audio_path, out / job.output, **common)
+    return {**report, "variant": job.variant, "audio_clip": job.audio, "output": str(OUTPUT / job.output)}
 
 
 def main() -> int:
@@ -63,25 +144,23 @@ def main() -> int:
         pipe = DiTHeadPipeline.from_pretrained(MODELS, weights=p["weights"], solver=p["solver"],
                                                precision=p["precision"], device=default_device(),
                                                mask_kernel_size=params["mask"]["kernel_size"],
-                                               mask_sigma=params["mask"]["sigma"], fps=params["data"]["fps"])
+                                               mask_sigma=params["mask"]["sigma"], mask_region=params["mask"]["region"],
+                                               fps=params["data"]["fps"])
     except ModelDirectoryError as error:
         raise SystemExit(f"sample: {error}") from None
     reports = {}
-    with atomic_path(OUTPUT) as out:
+    with atomic_path(OUTPUT) as out, tempfile.TemporaryDirectory() as work:
         out.mkdir(parents=True)
-        for video, audio, rel in jobs(params):
-            audio_clip = ProcessedClip(PROCESSED / audio)
-            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        for job in jobs(params):
+            (out / job.output).parent.mkdir(parents=True, exist_ok=True)
             try:
-                reports[str(rel)] = pipe.sample_clip(ProcessedClip(PROCESSED / video),
-                                                     np.load(FEATURES / f"{audio}.npy"), audio_clip.audio_path,
-                                                     out / rel, settings(params))
+                reports[str(job.output)] = make_video(pipe, job, params, out, Path(work))
             except VideoError as error:   # the source video moved or changed since preprocess
                 raise SystemExit(f"sample: {error}") from None
-            reports[str(rel)]["output"] = str(OUTPUT / rel)
         write_json(out / "report.json", reports)
     for rel, r in reports.items():
-        print(f"sample: {OUTPUT / rel}: {r['frames']} frames, {r['frames_per_second']} frames/s")
+        speed = f", {r['frames_per_second']} frames/s" if "frames_per_second" in r else ""
+        print(f"sample: {OUTPUT / rel}: {r['frames']} frames{speed}")
     return 0
 
 

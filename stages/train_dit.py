@@ -40,10 +40,9 @@ def training_config(params: dict) -> DiTTrainingConfig:
     if unknown:
         raise SystemExit(f"{STAGE}: params.yaml dit has unknown key(s) {', '.join(unknown)}")
     mask = params["mask"]
-    split = params["split"]
     return DiTTrainingConfig(seed=params["seed"], mask_kernel_size=mask["kernel_size"], mask_sigma=mask["sigma"],
-                             mask_max_shift=mask["max_shift"], val_identities=list(split["val_identities"]),
-                             val_identity_count=split["val_identity_count"], **dit)
+                             mask_max_shift=mask["max_shift"], mask_region=mask["region"], split=dict(params["split"]),
+                             fps=params["data"]["fps"], **dit)
 
 
 def load_vqgan(path: Path) -> VQModel:

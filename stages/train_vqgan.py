@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from dithead.params import load_params
-from dithead.split import split_by_identity, training_clips
+from dithead.split import make_split, training_clips
 from dithead.store import list_clips
 from dithead.training import TrainingInterrupted
 from dithead.vqgan import VQGANTrainingConfig, train_vqgan
@@ -37,7 +37,8 @@ def training_config(params: dict, which: str) -> VQGANTrainingConfig:
         raise ValueError(f"params.yaml vqgan has unknown key(s) {', '.join(unknown)}")
     mask = params["mask"]
     return VQGANTrainingConfig(masked=which == "masked", seed=params["seed"], mask_kernel_size=mask["kernel_size"],
-                               mask_sigma=mask["sigma"], mask_max_shift=mask["max_shift"], **vqgan)
+                               mask_sigma=mask["sigma"], mask_max_shift=mask["max_shift"],
+                               mask_region=mask["region"], **vqgan)
 
 
 def load_perceptual(params: dict, config: VQGANTrainingConfig):
@@ -67,9 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     if not PROCESSED.is_dir() or not (clips := list_clips(PROCESSED)):
         raise SystemExit(f"{stage}: no preprocessed clips in {PROCESSED} (run the preprocess stage first)")
     try:
-        # Held-out identities are never trained on (paper 4.1: unseen identities).
-        split = split_by_identity(clips, params["split"]["val_identities"], params["split"]["val_identity_count"],
-                                  params["seed"])
+        # Held-out identities or frames are never trained on (paper 4.1: unseen identities).
+        split = make_split(clips, params["split"], params["seed"], params["data"]["fps"])
         clips = training_clips(clips, split)
         metrics = train_vqgan(clips, config, output_dir=Path("models") / f"vqgan_{which}",
                               checkpoint_dir=Path("checkpoints") / stage, live_dir=Path("dvclive") / stage,

@@ -103,7 +103,8 @@ def test_frame_masks_are_made_once_and_shared_by_encoding_and_paste_back(monkeyp
     valid[5], landmarks[5] = False, np.nan                  # no face: borrows frame 4's landmarks
     clip = SimpleNamespace(meta={"size": 64}, landmarks=landmarks, valid=valid)
     made = []
-    monkeypatch.setattr(generate, "lower_face_mask", lambda points, *a: made.append(1) or lower_face_mask(points, *a))
+    monkeypatch.setattr(generate, "lower_face_mask",
+                        lambda points, *a, **k: made.append(1) or lower_face_mask(points, *a, **k))
     order = driving_frame_order(n, 30)                      # plays forward, back, forward again
     conditions = generate.ClipConditions(clip, order, None, None, 9, 2.0, torch.device("cpu"), None,
                                          mask_cache_size=2 * chunk)

@@ -20,11 +20,23 @@ Metrics (names as reported):
 - ``lpips``: AlexNet LPIPS; ``fid``: FID of the generated crops against the
   ground-truth crops; ``lse_d``, ``lse_c``: SyncNet on the generated video and
   its audio. These three need pretrained weights; without them the metric
-  is listed under ``missing`` with the reason and the key to set.
+  is listed under ``missing`` with the reason and the key to set;
+- weight-free lip sync from the landmarks of pass 1 and both audio tracks
+  (:mod:`dithead.metrics.lipsync`): ``mouth_open_r``, ``av_offset``,
+  ``mouth_open_std_ratio``, ``mouth_open_mean``, ``mouth_closed_level`` and
+  THEval's ``theval_lip_sync``, ``theval_silent_lip_stability``,
+  ``theval_lip_dynamics`` (each also ``_gt`` and ``_score``). Always
+  computed; a value the clip does not allow (e.g. no silence) is left out and
+  the reason given in ``notes["lipsync"]``.
+
+The ground truth may start later than the generated video (``gt_start``
+frames): a clip split in time, whose second part was generated, is compared
+with that part.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,12 +52,16 @@ from dithead.face import FaceTracker, crop_box, landmark_box, nearest_valid, squ
 from dithead.fileio import InputFileError
 from dithead.metrics import image as image_metrics
 from dithead.metrics.landmarks import frame_lmd
+from dithead.metrics.lipsync import LIPSYNC_METRICS, THEVAL, gt_normalised, lip_sync_metrics, why_missing
 from dithead.metrics.weights import MissingWeightsError, WeightsFormatError
 from dithead.video import VideoError, iter_frames, probe_video
 
 METRICS = ("psnr", "ssim", "lpips", "fid", "lse_c", "lse_d", "lmd", "mouth_psnr", "mouth_ssim")
 SYNC_METRICS = ("lse_c", "lse_d")
 BOX_MODES = ("auto", "shared", "own")
+REPORTED = (*METRICS, *LIPSYNC_METRICS)
+SPEECH_RATE = 16000
+VARIANTS = ("generated", "reference_copy", "mismatched_audio", "silence")
 
 
 class EvaluationError(InputFileError):
@@ -68,6 +84,7 @@ class EvalConfig:
     syncnet_vshift: int = 15       # offsets searched, in frames each way (Wav2Lip's evaluation: 15)
     detection_confidence: float = 0.5
     tracking_confidence: float = 0.5
+    lipsync_max_offset: int = 5    # mouth-opening offsets searched for av_offset, frames each way
 
     def __post_init__(self):
         unknown = sorted(set(self.metrics) - set(METRICS))
@@ -180,26 +197,40 @@ def fit_frame(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     return cv2.resize(image, tuple(size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
 
 
-def frames_at(path: str | os.PathLike, fps: float, limit: int, size: tuple[int, int] | None) -> Iterator[np.ndarray]:
-    """RGB frames resampled to ``fps`` (at most ``limit``; 0: all), resized to ``size`` if given."""
+def frames_from(path: str | os.PathLike, fps: float, start: int, limit: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(k, RGB frame) resampled to ``fps`` from frame ``start`` on, k counted from there; at most ``limit`` (0: all)."""
     for frame in iter_frames(path, fps=fps):
-        if limit and frame.index >= limit:
+        k = frame.index - start
+        if limit and k >= limit:
             return
-        yield fit_frame(frame.image, size)
+        if k >= 0:
+            yield k, frame.image
 
 
-def track_faces(path: str | os.PathLike, size: tuple[int, int] | None, cfg: EvalConfig, label: str) -> FaceTrack:
-    """Pass 1: landmarks of every frame (at ``cfg.fps``, up to ``cfg.max_frames``), in ``size`` pixels if given."""
+def frames_at(path: str | os.PathLike, fps: float, limit: int, size: tuple[int, int] | None,
+              start: int = 0) -> Iterator[np.ndarray]:
+    """RGB frames at ``fps`` from frame ``start`` (at most ``limit``; 0: all), resized to ``size`` if given."""
+    for _, image in frames_from(path, fps, start, limit):
+        yield fit_frame(image, size)
+
+
+def track_faces(path: str | os.PathLike, size: tuple[int, int] | None, cfg: EvalConfig, label: str,
+                start: int = 0) -> FaceTrack:
+    """Pass 1: landmarks of every frame (at ``cfg.fps``, from frame ``start``, up to ``cfg.max_frames``).
+
+    In ``size`` pixels if given; the ground truth of a time split starts at a later ``start``.
+    """
     landmarks, source_size, frame_size = [], None, None
     with FaceTracker(cfg.detection_confidence, cfg.tracking_confidence) as tracker:
-        for frame in tqdm(iter_frames(path, fps=cfg.fps), desc=f"faces in {label}", unit="frame", leave=False):
-            if cfg.max_frames and frame.index >= cfg.max_frames:
-                break
-            source_size = source_size or (frame.image.shape[1], frame.image.shape[0])
-            image = fit_frame(frame.image, size)
+        frames = frames_from(path, cfg.fps, start, cfg.max_frames)
+        for _, source in tqdm(frames, desc=f"faces in {label}", unit="frame", leave=False):
+            source_size = source_size or (source.shape[1], source.shape[0])
+            image = fit_frame(source, size)
             frame_size = (image.shape[1], image.shape[0])
             points = tracker(image)
             landmarks.append(np.full((468, 2), np.nan, np.float32) if points is None else points.astype(np.float32))
+    if not landmarks:
+        raise EvaluationError(path, f"has no frames from frame {start} (at {cfg.fps:g} fps) on")
     return FaceTrack(str(path), np.stack(landmarks), frame_size, source_size)
 
 
@@ -215,6 +246,15 @@ def read_speech(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray
         return None
     except AudioError as error:
         raise EvaluationError(path, error.problem) from None
+
+
+def speech_from(path: str | os.PathLike, start: int, fps: float) -> np.ndarray | None:
+    """:func:`read_speech` from video frame ``start`` on, so that sample 0 is that frame's; None without audio."""
+    speech = read_speech(path, SPEECH_RATE)
+    if speech is None:
+        return None
+    speech = speech[round(start / fps * SPEECH_RATE):]
+    return speech if len(speech) else None
 
 
 # --------------------------------------------------------------------------- pass 2: scores
@@ -300,6 +340,7 @@ class _PairFaces:
     pred_boxes: np.ndarray          # (N, 3) smoothed [cx, cy, side] cutting the generated video
     gt_boxes: np.ndarray
     shared: bool                    # the ground truth's boxes cut both videos
+    gt_start: int = 0               # ground-truth frame shown with generated frame 0
 
     @property
     def n(self) -> int:
@@ -320,16 +361,18 @@ class Evaluator:
         self.nets = Networks.load(weights or {}, self.cfg.metrics, self.cfg.device)
 
     def evaluate(self, pred: str | os.PathLike, gt: str | os.PathLike, audio: str | os.PathLike | None = None,
-                 side_by_side: str | os.PathLike | None = None) -> PairEvaluation:
-        """Score ``pred`` against ``gt``.
+                 side_by_side: str | os.PathLike | None = None, gt_start: int = 0) -> PairEvaluation:
+        """Score ``pred`` against ``gt`` from its frame ``gt_start`` (at ``cfg.fps``) on.
 
         ``audio``: speech for the lip-sync scores (default: ``pred``'s own
         track). ``side_by_side``: also write a video of the crops,
         ground truth | generated | absolute difference.
         """
         cfg = self.cfg
+        if gt_start < 0:
+            raise EvaluationError(gt, f"the ground truth's start frame must be 0 or more, got {gt_start}")
         pred_info, gt_info = probe_video(pred), probe_video(gt)
-        faces = self._track(pred, gt, pred_info.width / pred_info.height)
+        faces = self._track(pred, gt, pred_info.width / pred_info.height, gt_start)
         missing = dict(self.nets.missing)
         speech, audio_note = self._speech(pred, audio, missing)
         sync_scorer = self._sync_scorer(speech)
@@ -347,7 +390,7 @@ class Evaluator:
         report = {
             "pred": str(pred), "gt": str(gt),
             "metrics": {}, "missing": missing, "notes": {},
-            "frames": _frames_report(pred_info, gt_info, faces.pred, faces.gt, faces.n, cfg),
+            "frames": _frames_report(pred_info, gt_info, faces.pred, faces.gt, faces.n, cfg, gt_start),
             "crop": {"size": cfg.crop_size, "margin": cfg.crop_margin,
                      "boxes": "ground truth's boxes for both videos" if faces.shared else "each video's own face boxes",
                      "generated_resized_from": list(faces.pred.source_size) if resized else None},
@@ -358,18 +401,19 @@ class Evaluator:
             _report_fid(report, *fid_features)
         if sync_scorer is not None:
             _report_sync(report, sync_scorer, speech, cfg)
-        report["metrics"] = {m: report["metrics"][m] for m in METRICS if m in report["metrics"]}
+        per_frame.update(_report_lipsync(report, faces, speech, speech_from(gt, gt_start, cfg.fps), cfg))
+        report["metrics"] = {m: report["metrics"][m] for m in REPORTED if m in report["metrics"]}
         return PairEvaluation(report, per_frame, fid_features)
 
-    def _track(self, pred, gt, pred_aspect: float) -> "_PairFaces":
+    def _track(self, pred, gt, pred_aspect: float, gt_start: int) -> "_PairFaces":
         """Pass 1 on both videos; the generated one in the ground truth's pixels when the boxes are shared."""
         cfg = self.cfg
-        gt_track = track_faces(gt, None, cfg, "ground truth")
+        gt_track = track_faces(gt, None, cfg, "ground truth", start=gt_start)
         shared = _shared_boxes(cfg.boxes, pred_aspect, gt_track.frame_size)
         pred_track = track_faces(pred, gt_track.frame_size if shared else None, cfg, "generated")
         gt_boxes = _require_boxes(gt_track, cfg.smooth_frames, "ground truth")
         pred_boxes = gt_boxes if shared else _require_boxes(pred_track, cfg.smooth_frames, "generated video")
-        return _PairFaces(pred_track, gt_track, pred_boxes, gt_boxes, shared)
+        return _PairFaces(pred_track, gt_track, pred_boxes, gt_boxes, shared, gt_start)
 
     def _score_frames(self, pred, gt, faces: "_PairFaces", scores: "_Scores", sync_scorer, writer) -> None:
         """Pass 2: crop both videos frame by frame and feed every metric."""
@@ -377,7 +421,7 @@ class Evaluator:
 
         cfg = self.cfg
         pred_frames = frames_at(pred, cfg.fps, faces.n, faces.gt.frame_size if faces.shared else None)
-        gt_frames = frames_at(gt, cfg.fps, faces.n, None)
+        gt_frames = frames_at(gt, cfg.fps, faces.n, None, start=faces.gt_start)
         pairs = tqdm(zip(pred_frames, gt_frames), total=faces.n, leave=False, desc="scoring", unit="frame")
         for k, (pred_image, gt_image) in enumerate(pairs):
             gt_box = square_box(faces.gt_boxes[k], cfg.crop_margin)
@@ -392,11 +436,10 @@ class Evaluator:
                 writer.write(np.hstack([gt_crop, pred_crop, cv2.absdiff(gt_crop, pred_crop)]))
 
     def _speech(self, pred, audio, missing: dict) -> tuple[np.ndarray | None, str | None]:
+        """The generated side's speech for LSE and lip sync (``audio``, else ``pred``'s own track), and its origin."""
         wanted = [m for m in SYNC_METRICS if m in self.cfg.metrics and m not in missing]
-        if not wanted:
-            return None, None
         source = audio if audio is not None else pred
-        speech = read_speech(source)
+        speech = read_speech(source, SPEECH_RATE)
         if speech is None or len(speech) == 0:
             for m in wanted:
                 missing[m] = (f"not computed: {source} has no audio track"
@@ -441,12 +484,13 @@ def _side_by_side_writer(path, fps: float, audio):
     return VideoWriter(path, fps, audio=audio)
 
 
-def _frames_report(pred_info, gt_info, pred_track: FaceTrack, gt_track: FaceTrack, n: int, cfg: EvalConfig) -> dict:
+def _frames_report(pred_info, gt_info, pred_track: FaceTrack, gt_track: FaceTrack, n: int, cfg: EvalConfig,
+                   gt_start: int = 0) -> dict:
     return {
         "fps": cfg.fps,
         "compared": n,
         "overlap_seconds": round(n / cfg.fps, 3),
-        "generated": pred_track.n_frames, "ground_truth": gt_track.n_frames,
+        "generated": pred_track.n_frames, "ground_truth": gt_track.n_frames, "ground_truth_start": gt_start,
         "generated_source_fps": round(pred_info.fps, 3), "ground_truth_source_fps": round(gt_info.fps, 3),
         "limited_by_max_frames": bool(cfg.max_frames) and n == cfg.max_frames,
         "ground_truth_without_face": int((~gt_track.found[:n]).sum()),
@@ -513,13 +557,37 @@ def _report_sync(report: dict, scorer, speech: np.ndarray, cfg: EvalConfig) -> N
                               f"{result.offset:+d} frames (searched ±{cfg.syncnet_vshift})")
 
 
+def _report_lipsync(report: dict, faces: _PairFaces, speech: np.ndarray | None, gt_speech: np.ndarray | None,
+                    cfg: EvalConfig) -> dict[str, np.ndarray]:
+    """Lip-sync metrics from pass 1's landmarks into ``report`` (no second face pass); returns the series.
+
+    A metric the clip does not allow is left out of ``metrics`` (which stay
+    finite numbers) and the reason goes to ``notes``: unlike ``missing``, it
+    is not a requested metric that failed.
+    """
+    n = faces.n
+    metrics, series = lip_sync_metrics(faces.pred.landmarks[:n], faces.gt.landmarks[:n], speech, gt_speech,
+                                       SPEECH_RATE, cfg.fps, cfg.lipsync_max_offset)
+    absent: dict[str, list[str]] = {}
+    for name in LIPSYNC_METRICS:
+        value = metrics.get(name, math.nan)
+        if math.isfinite(value):
+            report["metrics"][name] = value
+        else:
+            absent.setdefault(why_missing(name, name in metrics), []).append(name)
+    if absent:
+        report["notes"]["lipsync"] = "not computed: " + "; ".join(f"{', '.join(names)} ({reason})"
+                                                                  for reason, names in absent.items())
+    return series
+
+
 # --------------------------------------------------------------------------- entry points
 
 
 def evaluate_videos(pred_path: str | os.PathLike, gt_path: str | os.PathLike, weights: Mapping[str, str] | None = None,
                     audio: str | os.PathLike | None = None, side_by_side: str | os.PathLike | None = None,
-                    **config) -> dict:
-    """Every requested metric of ``pred_path`` against ``gt_path``; returns the report dict.
+                    gt_start: int = 0, **config) -> dict:
+    """Every requested metric of ``pred_path`` against ``gt_path`` (from its frame ``gt_start``); returns the report.
 
     ``weights``: the ``weights:`` section of params.yaml. ``config``: fields of
     :class:`EvalConfig` (metrics, fps, crop_size, crop_margin, max_frames, ...).
@@ -527,7 +595,7 @@ def evaluate_videos(pred_path: str | os.PathLike, gt_path: str | os.PathLike, we
     ``notes``, ``frames`` (counts, overlap, frames without a face), ``crop``
     and ``audio``.
     """
-    return Evaluator(weights, EvalConfig(**config)).evaluate(pred_path, gt_path, audio, side_by_side).report
+    return Evaluator(weights, EvalConfig(**config)).evaluate(pred_path, gt_path, audio, side_by_side, gt_start).report
 
 
 def summarise(results: Mapping[str, PairEvaluation], missing: Mapping[str, str] | None = None) -> dict:
@@ -535,7 +603,10 @@ def summarise(results: Mapping[str, PairEvaluation], missing: Mapping[str, str] 
 
     Frame metrics are means over all frames of all clips; FID is computed on
     the pooled features of all clips (one distribution each side, as the
-    paper); LSE-C/LSE-D are means over clips (as Wav2Lip's evaluation).
+    paper); LSE-C/LSE-D and the lip-sync metrics are means over clips (as
+    Wav2Lip's evaluation), except THEval's ``_score``s: THEval normalises the
+    mean over the data set by the ground truth's mean, so they are computed
+    from the means over the clips that have both.
     """
     overall: dict[str, float] = {}
     reasons = dict(missing or {})
@@ -559,62 +630,148 @@ def summarise(results: Mapping[str, PairEvaluation], missing: Mapping[str, str] 
         for r in results.values():
             if name not in overall and name in r.report["missing"]:
                 reasons.setdefault(name, r.report["missing"][name])
+    overall.update(_summarise_lipsync(results))
     overall["frames"] = int(sum(r.report["frames"]["compared"] for r in results.values()))
     overall["clips"] = len(results)
-    return {"metrics": {k: overall[k] for k in (*METRICS, "frames", "clips") if k in overall}, "missing": reasons}
+    return {"metrics": {k: overall[k] for k in (*REPORTED, "frames", "clips") if k in overall}, "missing": reasons}
+
+
+def _summarise_lipsync(results: Mapping[str, PairEvaluation]) -> dict[str, float]:
+    clip_metrics = [r.report["metrics"] for r in results.values()]
+    overall = {}
+    for name in LIPSYNC_METRICS:
+        values = [m[name] for m in clip_metrics if name in m]
+        if values:
+            overall[name] = float(np.mean(values))
+    for name in THEVAL:
+        paired = [(m[name], m[f"{name}_gt"]) for m in clip_metrics if name in m and f"{name}_gt" in m]
+        score = gt_normalised(*np.mean(paired, axis=0)) if paired else math.nan
+        overall.pop(f"{name}_score", None)
+        if math.isfinite(score):
+            overall[f"{name}_score"] = score
+    return overall
 
 
 # --------------------------------------------------------------------------- held-out clips (the evaluate stage)
 
 
 @dataclass
-class ClipsEvaluation:
-    """Results over generated clips and their ground truths."""
+class SampleSpec:
+    """One output video of the sample stage and the ground truth it is compared with."""
 
-    results: dict[str, PairEvaluation]      # clip -> result
-    failed: dict[str, str]                  # clip -> why it could not be evaluated
+    path: Path
+    clip: str                       # the source clip: ground truth is raw_dir/<clip>.*
+    start_frame: int = 0            # ground-truth frame shown with the output's frame 0 (a time split)
+    variant: str = "generated"      # or a baseline: reference_copy, mismatched_audio, silence
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+
+def sample_specs(samples_dir: str | os.PathLike) -> list[SampleSpec]:
+    """Every top-level ``*.mp4`` of ``samples_dir``, described by its entry in ``report.json`` when it has one.
+
+    The sample stage knows which clip (and from which frame) an output was
+    made from and whether it is a baseline; without an entry, the output's
+    own name is the clip's, from frame 0, a generated video.
+    """
+    samples_dir = Path(samples_dir)
+    entries = _sample_report(samples_dir / "report.json")
+    specs = []
+    for path in sorted(samples_dir.glob("*.mp4")):
+        entry = entries.get(path.name)
+        entry = entry if isinstance(entry, Mapping) else {}
+        specs.append(SampleSpec(path, str(entry.get("clip") or path.stem), int(entry.get("start_frame") or 0),
+                                str(entry.get("variant") or "generated")))
+    return specs
+
+
+def _sample_report(path: Path) -> dict:
+    import json
+
+    if not path.is_file():
+        return {}
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise EvaluationError(path, f"is not valid JSON ({exc})") from None
+    return report if isinstance(report, dict) else {}
+
+
+@dataclass
+class ClipsEvaluation:
+    """Results over generated clips (and baselines) and their ground truths."""
+
+    results: dict[str, PairEvaluation]      # output name -> result
+    failed: dict[str, str]                  # output name -> why it could not be evaluated
     missing: dict[str, str]                 # metric -> why it is not computed
+    variants: dict[str, str] = field(default_factory=dict)   # output name -> variant (absent: generated)
 
     def metrics_json(self) -> dict:
-        """``metrics/eval.json``: overall and per-clip numbers (the columns of ``dvc exp show``), missing reasons."""
-        summary = summarise(self.results, self.missing)
+        """``metrics/eval.json``: overall (generated videos only), each baseline's summary, per-output numbers.
+
+        Baselines (a copy of the reference, mismatched audio, silence) are
+        summarised apart, so that the overall numbers are the model's and the
+        baselines show what a good or a bad score looks like on these clips.
+        """
+        groups: dict[str, dict[str, PairEvaluation]] = {}
+        for name, result in self.results.items():
+            groups.setdefault(self.variants.get(name, "generated"), {})[name] = result
+        summary = summarise(groups.pop("generated", {}), self.missing)
         clips = {}
         for name, result in self.results.items():
             clips[name] = dict(result.report["metrics"])
             clips[name]["frames"] = result.report["frames"]["compared"]
-        return {"overall": summary["metrics"], "missing": summary["missing"], "failed": self.failed, "clips": clips}
+        return {"overall": summary["metrics"],
+                "baselines": {v: summarise(groups[v])["metrics"] for v in VARIANTS if v in groups},
+                "missing": summary["missing"], "failed": self.failed, "clips": clips}
 
 
-def ground_truth_for(sample: Path, raw_dir: Path) -> Path | None:
-    """The raw video whose file name (without extension) is the sample's."""
+def ground_truth_for(clip: str, raw_dir: Path) -> Path | None:
+    """The raw video named ``clip`` (any video extension)."""
     from dithead.video import is_video_file
 
-    matches = sorted(p for p in raw_dir.glob(f"{sample.stem}.*") if is_video_file(p))
+    matches = sorted(p for p in Path(raw_dir).glob(f"{clip}.*") if is_video_file(p))
     return matches[0] if matches else None
 
 
 def evaluate_samples(samples_dir: str | os.PathLike, raw_dir: str | os.PathLike,
                      weights: Mapping[str, str] | None, config: EvalConfig,
                      side_by_side: tuple[str, str | os.PathLike] | None = None) -> ClipsEvaluation:
-    """Every ``samples_dir/<clip>.mp4`` against ``raw_dir/<clip>.*``, with the generated video's own audio.
+    """Every ``samples_dir/*.mp4`` against its ground truth in ``raw_dir``, with the output's own audio.
 
-    ``side_by_side``: (clip, path) for the comparison video of one clip.
-    A clip that cannot be evaluated (no ground truth, no face, unreadable) is
-    listed in ``failed`` with the reason; the others go on.
+    Which clip, start frame and variant: see :func:`sample_specs`.
+    ``side_by_side``: (output name, path) for the comparison video of one
+    output. An output that cannot be evaluated (no ground truth, no face,
+    unreadable, unknown variant) is listed in ``failed`` with the reason; the
+    others go on.
     """
-    samples = sorted(Path(samples_dir).glob("*.mp4"))
-    if not samples:
+    specs = sample_specs(samples_dir)
+    if not specs:
         raise EvaluationError(samples_dir, "no generated videos (*.mp4) to evaluate")
     evaluator = Evaluator(weights, config)
     results, failed = {}, {}
-    for sample in tqdm(samples, desc="evaluate", unit="clip"):
-        gt = ground_truth_for(sample, Path(raw_dir))
-        if gt is None:
-            failed[sample.stem] = f"no ground-truth video {sample.stem}.* in {raw_dir}"
+    for spec in tqdm(specs, desc="evaluate", unit="clip"):
+        gt = ground_truth_for(spec.clip, Path(raw_dir))
+        problem = _spec_problem(spec, gt, raw_dir)
+        if problem:
+            failed[spec.name] = problem
             continue
-        extra = side_by_side[1] if side_by_side is not None and side_by_side[0] == sample.stem else None
+        extra = side_by_side[1] if side_by_side is not None and side_by_side[0] == spec.name else None
         try:
-            results[sample.stem] = evaluator.evaluate(sample, gt, side_by_side=extra)
+            results[spec.name] = evaluator.evaluate(spec.path, gt, side_by_side=extra, gt_start=spec.start_frame)
         except (EvaluationError, VideoError) as exc:
-            failed[sample.stem] = str(exc)
-    return ClipsEvaluation(results, failed, dict(evaluator.nets.missing))
+            failed[spec.name] = str(exc)
+    variants = {spec.name: spec.variant for spec in specs if spec.name in results}
+    return ClipsEvaluation(results, failed, dict(evaluator.nets.missing), variants)
+
+
+def _spec_problem(spec: SampleSpec, gt: Path | None, raw_dir) -> str | None:
+    if spec.variant not in VARIANTS:
+        return f"unknown variant {spec.variant!r} in report.json; known: {', '.join(VARIANTS)}"
+    if spec.start_frame < 0:
+        return f"start_frame {spec.start_frame} in report.json is negative"
+    if gt is None:
+        return f"no ground-truth video {spec.clip}.* in {raw_dir}"
+    return None
