@@ -59,7 +59,20 @@ def _keep_string(value: Any) -> Any:
 
     if isinstance(value, str) and yaml.safe_load(value) != value:
         return DoubleQuotedScalarString(value)
+    if isinstance(value, float):
+        return _yaml11_float(value)
     return value
+
+
+def _yaml11_float(value: float) -> Any:
+    """``value`` as a float that YAML 1.1 readers see as one: ``2.0e-05``, not ``2e-05`` (a string to PyYAML)."""
+    from ruamel.yaml import YAML
+
+    text = repr(value)
+    mantissa, e, exponent = text.partition("e")
+    if e and "." not in mantissa:
+        text = f"{mantissa}.0e{exponent}"
+    return YAML().load(text)
 
 
 def apply_profile(name: str, params_path: str | os.PathLike = PARAMS_FILE,

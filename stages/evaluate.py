@@ -35,7 +35,8 @@ def config(params: dict) -> EvalConfig:
     return EvalConfig(metrics=p["metrics"], fps=params["data"]["fps"], crop_size=p["crop_size"],
                       crop_margin=p["crop_margin"], smooth_frames=p["smooth_frames"], mouth_margin=p["mouth_margin"],
                       max_frames=p["max_frames"], psnr_cap=p["psnr_cap"], boxes=p["boxes"],
-                      syncnet_vshift=p["syncnet_vshift"], batch_size=p["batch_size"], device=default_device())
+                      syncnet_vshift=p["syncnet_vshift"], lipsync_max_offset=p["lipsync_max_offset"],
+                      batch_size=p["batch_size"], device=default_device())
 
 
 def main() -> int:

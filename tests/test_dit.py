@@ -252,8 +252,13 @@ def tiny_vqgan(seed: int):
     return build_vqmodel(**TINY_VQGAN).eval()
 
 
-def fake_clip(name: str, identity: str | None = None):
-    return SimpleNamespace(name=name, meta={"identity": identity} if identity else {})
+class FakeClip(SimpleNamespace):
+    def __len__(self) -> int:
+        return self.frames
+
+
+def fake_clip(name: str, identity: str | None = None, frames: int = 100):
+    return FakeClip(name=name, meta={"identity": identity} if identity else {}, frames=frames)
 
 
 def test_identity_split_never_puts_one_person_on_both_sides():

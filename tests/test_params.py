@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dithead.params import apply_profile, load_params, set_args
+from dithead.params import apply_profile, load_params, load_profile, set_args
 
 
 @pytest.fixture
@@ -22,6 +22,29 @@ def test_profile_overrides_keys_and_keeps_comments(project):
     assert "# paper scale" in text
     # "no" stays a string for YAML 1.1 readers (PyYAML, DVC), not the boolean False.
     assert load_params() == {"train": {"steps": 5, "precision": "no"}, "other": 1}
+
+
+def test_profile_floats_stay_floats_for_yaml_1_1_readers(project):
+    (project / "params.yaml").write_text("train:\n  lr: 0.001\n  big: 1.0\n")
+    (project / "profiles" / "lr.yaml").write_text("train:\n  lr: 2.0e-5\n  big: 1.0e+20\n")
+    apply_profile("lr")
+    assert load_params() == {"train": {"lr": 2.0e-5, "big": 1.0e20}}     # PyYAML reads 2e-05 as a string
+
+
+def test_every_bundled_profile_applies_with_the_types_of_params_yaml(tmp_path, monkeypatch):
+    from pathlib import Path
+    import shutil
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(root / "profiles", tmp_path / "profiles")
+    for profile in sorted((tmp_path / "profiles").glob("*.yaml")):
+        shutil.copy(root / "params.yaml", tmp_path / "params.yaml")
+        apply_profile(profile.stem)
+        params, wanted = load_params(), load_profile(profile.stem)
+        for section, values in wanted.items():
+            for key, value in values.items():
+                assert params[section][key] == value, f"{profile.name}: {section}.{key}"
 
 
 def test_profile_with_unknown_key_is_an_error(project):

@@ -32,7 +32,9 @@ def add_evaluate_parser(subparsers) -> None:
     p.add_argument("--pred", required=True, help="generated video")
     p.add_argument("--gt", required=True, help="ground-truth video")
     p.add_argument("--out", help="write the full report here (JSON)")
-    p.add_argument("--audio", help="speech for LSE-C/LSE-D (default: the generated video's own track)")
+    p.add_argument("--audio", help="speech for LSE-C/LSE-D and lip sync (default: the generated video's own track)")
+    p.add_argument("--gt-audio", help="the ground truth's speech, for THEval's ground-truth values "
+                                      "(default: its own track)")
     p.add_argument("--side-by-side", help="also write ground truth | generated | difference crops to this .mp4")
     p.add_argument("--metrics", nargs="+", choices=METRICS, default=list(METRICS))
     p.add_argument("--params", default="params.yaml", help="read pretrained weight paths from its weights: section")
@@ -74,7 +76,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                              side_by_side=args.side_by_side, metrics=args.metrics, fps=args.fps,
                              crop_size=args.crop_size, crop_margin=args.crop_margin, max_frames=args.max_frames,
                              boxes=args.boxes, device=args.device or default_device(), gt_start=args.gt_start,
-                             lipsync_max_offset=args.lipsync_max_offset)
+                             gt_audio=args.gt_audio, lipsync_max_offset=args.lipsync_max_offset)
     print(format_report(report))
     if args.out:
         write_json(args.out, report)

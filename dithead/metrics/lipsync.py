@@ -83,7 +83,8 @@ NAN = float("nan")
 
 def _face_size(landmarks: np.ndarray) -> np.ndarray:
     """(N,) eye-corner distance; NaN where no face, so ratios over it are NaN there too."""
-    size = np.linalg.norm(landmarks[:, EYE_CORNERS[0]] - landmarks[:, EYE_CORNERS[1]], axis=-1).astype(np.float64)
+    eyes = landmarks[:, EYE_CORNERS].astype(np.float64)
+    size = np.linalg.norm(eyes[:, 0] - eyes[:, 1], axis=-1)
     return np.where(size > 1e-6, size, np.nan)
 
 
@@ -93,13 +94,15 @@ def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
     Dividing by a face-size measure makes the series the same in any pixel
     frame, so a generated video and its ground truth compare at any resolution.
     """
-    gap = np.linalg.norm(landmarks[:, INNER_LIPS[0]] - landmarks[:, INNER_LIPS[1]], axis=-1)
+    lips = landmarks[:, INNER_LIPS].astype(np.float64)
+    gap = np.linalg.norm(lips[:, 0] - lips[:, 1], axis=-1)
     return gap / _face_size(landmarks)
 
 
 def lip_gap(landmarks: np.ndarray) -> np.ndarray:
     """(N,) THEval's lip distance: mean vertical gap of 8 inner-lip pairs over the eye-corner distance."""
-    gaps = np.abs(landmarks[:, INNER_UPPER, 1] - landmarks[:, INNER_LOWER, 1]).mean(axis=1)
+    upper, lower = landmarks[:, INNER_UPPER, 1].astype(np.float64), landmarks[:, INNER_LOWER, 1].astype(np.float64)
+    gaps = np.abs(upper - lower).mean(axis=1)
     return gaps / _face_size(landmarks)
 
 
@@ -151,6 +154,7 @@ def speech_frames(samples: np.ndarray, sample_rate: int, fps: float, n_frames: i
     if sample_rate != VAD_RATE:
         gcd = math.gcd(int(sample_rate), VAD_RATE)
         audio = resample_poly(audio, VAD_RATE // gcd, int(sample_rate) // gcd).astype(np.float32)
+    audio = audio[:math.ceil((n_frames + 1) / fps * VAD_RATE)]     # the frames' time, not a longer recording
     speech = np.zeros(n_frames, bool)
     if len(audio) < 512 or not np.any(audio):          # shorter than one VAD window, or digital silence
         return speech
@@ -209,11 +213,15 @@ def gt_normalised(value: float, gt: float) -> float:
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
     """Pearson r over the frames where both are finite; NaN with fewer than 3 such frames or no variance."""
     both = np.isfinite(a) & np.isfinite(b)
-    if both.sum() < MIN_PAIRS:
+    if both.sum() < MIN_PAIRS or _constant(a[both]) or _constant(b[both]):
         return NAN
     x, y = a[both] - a[both].mean(), b[both] - b[both].mean()
-    norm = math.sqrt(float(x @ x) * float(y @ y))
-    return float(x @ y) / norm if norm > 0 else NAN
+    return float(x @ y) / math.sqrt(float(x @ x) * float(y @ y))
+
+
+def _constant(values: np.ndarray) -> bool:
+    """Exactly constant: tested on the range, as a mean subtracted in floating point leaves crumbs of variance."""
+    return bool(values.max() == values.min())
 
 
 def best_offset(generated: np.ndarray, truth: np.ndarray, max_offset: int) -> float:
@@ -246,11 +254,10 @@ def sync_scores(generated: np.ndarray, truth: np.ndarray, max_offset: int = 5) -
     if both.sum() < MIN_PAIRS:
         return dict.fromkeys(("mouth_open_r", "av_offset", "mouth_open_std_ratio", "mouth_open_mean",
                               "mouth_closed_level"), NAN)
-    truth_std = t[both].std()
     return {
         "mouth_open_r": pearson(g, t),
         "av_offset": best_offset(g, t, max_offset),
-        "mouth_open_std_ratio": float(g[both].std() / truth_std) if truth_std > 0 else NAN,
+        "mouth_open_std_ratio": NAN if _constant(t[both]) else float(g[both].std() / t[both].std()),
         "mouth_open_mean": float(g[both].mean()),
         "mouth_closed_level": float(np.percentile(t[both], CLOSED_PERCENTILE)),
     }

@@ -36,6 +36,7 @@ with that part.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -249,7 +250,7 @@ def read_speech(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray
 
 
 def speech_from(path: str | os.PathLike, start: int, fps: float) -> np.ndarray | None:
-    """:func:`read_speech` from video frame ``start`` on, so that sample 0 is that frame's; None without audio."""
+    """:func:`read_speech` (of a video or a wav) from video frame ``start`` on, so that sample 0 is that frame's."""
     speech = read_speech(path, SPEECH_RATE)
     if speech is None:
         return None
@@ -361,12 +362,14 @@ class Evaluator:
         self.nets = Networks.load(weights or {}, self.cfg.metrics, self.cfg.device)
 
     def evaluate(self, pred: str | os.PathLike, gt: str | os.PathLike, audio: str | os.PathLike | None = None,
-                 side_by_side: str | os.PathLike | None = None, gt_start: int = 0) -> PairEvaluation:
+                 side_by_side: str | os.PathLike | None = None, gt_start: int = 0,
+                 gt_audio: str | os.PathLike | None = None) -> PairEvaluation:
         """Score ``pred`` against ``gt`` from its frame ``gt_start`` (at ``cfg.fps``) on.
 
         ``audio``: speech for the lip-sync scores (default: ``pred``'s own
         track). ``side_by_side``: also write a video of the crops,
-        ground truth | generated | absolute difference.
+        ground truth | generated | absolute difference. ``gt_audio``: the
+        ground truth's speech when not its own track (a raw clip's ``.wav``).
         """
         cfg = self.cfg
         if gt_start < 0:
@@ -401,7 +404,10 @@ class Evaluator:
             _report_fid(report, *fid_features)
         if sync_scorer is not None:
             _report_sync(report, sync_scorer, speech, cfg)
-        per_frame.update(_report_lipsync(report, faces, speech, speech_from(gt, gt_start, cfg.fps), cfg))
+        gt_source = gt_audio if gt_audio is not None else gt
+        gt_speech = speech_from(gt_source, gt_start, cfg.fps)
+        report["ground_truth_audio"] = None if gt_speech is None else str(gt_source)
+        per_frame.update(_report_lipsync(report, faces, speech, gt_speech, cfg))
         report["metrics"] = {m: report["metrics"][m] for m in REPORTED if m in report["metrics"]}
         return PairEvaluation(report, per_frame, fid_features)
 
@@ -586,7 +592,7 @@ def _report_lipsync(report: dict, faces: _PairFaces, speech: np.ndarray | None, 
 
 def evaluate_videos(pred_path: str | os.PathLike, gt_path: str | os.PathLike, weights: Mapping[str, str] | None = None,
                     audio: str | os.PathLike | None = None, side_by_side: str | os.PathLike | None = None,
-                    gt_start: int = 0, **config) -> dict:
+                    gt_start: int = 0, gt_audio: str | os.PathLike | None = None, **config) -> dict:
     """Every requested metric of ``pred_path`` against ``gt_path`` (from its frame ``gt_start``); returns the report.
 
     ``weights``: the ``weights:`` section of params.yaml. ``config``: fields of
@@ -595,7 +601,8 @@ def evaluate_videos(pred_path: str | os.PathLike, gt_path: str | os.PathLike, we
     ``notes``, ``frames`` (counts, overlap, frames without a face), ``crop``
     and ``audio``.
     """
-    return Evaluator(weights, EvalConfig(**config)).evaluate(pred_path, gt_path, audio, side_by_side, gt_start).report
+    evaluator = Evaluator(weights, EvalConfig(**config))
+    return evaluator.evaluate(pred_path, gt_path, audio, side_by_side, gt_start, gt_audio).report
 
 
 def summarise(results: Mapping[str, PairEvaluation], missing: Mapping[str, str] | None = None) -> dict:
@@ -637,16 +644,16 @@ def summarise(results: Mapping[str, PairEvaluation], missing: Mapping[str, str] 
 
 
 def _summarise_lipsync(results: Mapping[str, PairEvaluation]) -> dict[str, float]:
+    """Lip-sync metrics over clips: means, and THEval scores from the means (see :func:`summarise`)."""
     clip_metrics = [r.report["metrics"] for r in results.values()]
     overall = {}
     for name in LIPSYNC_METRICS:
         values = [m[name] for m in clip_metrics if name in m]
-        if values:
+        if values and not name.endswith("_score"):
             overall[name] = float(np.mean(values))
     for name in THEVAL:
         paired = [(m[name], m[f"{name}_gt"]) for m in clip_metrics if name in m and f"{name}_gt" in m]
         score = gt_normalised(*np.mean(paired, axis=0)) if paired else math.nan
-        overall.pop(f"{name}_score", None)
         if math.isfinite(score):
             overall[f"{name}_score"] = score
     return overall
@@ -688,8 +695,6 @@ def sample_specs(samples_dir: str | os.PathLike) -> list[SampleSpec]:
 
 
 def _sample_report(path: Path) -> dict:
-    import json
-
     if not path.is_file():
         return {}
     try:
@@ -736,6 +741,11 @@ def ground_truth_for(clip: str, raw_dir: Path) -> Path | None:
     return matches[0] if matches else None
 
 
+def sidecar_audio(video: Path) -> Path | None:
+    """The ``.wav`` beside a raw video: it replaces the video's own track (README, "Your own videos")."""
+    return next((wav for wav in (video.with_suffix(".wav"), video.with_suffix(".WAV")) if wav.is_file()), None)
+
+
 def evaluate_samples(samples_dir: str | os.PathLike, raw_dir: str | os.PathLike,
                      weights: Mapping[str, str] | None, config: EvalConfig,
                      side_by_side: tuple[str, str | os.PathLike] | None = None) -> ClipsEvaluation:
@@ -760,7 +770,8 @@ def evaluate_samples(samples_dir: str | os.PathLike, raw_dir: str | os.PathLike,
             continue
         extra = side_by_side[1] if side_by_side is not None and side_by_side[0] == spec.name else None
         try:
-            results[spec.name] = evaluator.evaluate(spec.path, gt, side_by_side=extra, gt_start=spec.start_frame)
+            results[spec.name] = evaluator.evaluate(spec.path, gt, side_by_side=extra, gt_start=spec.start_frame,
+                                                    gt_audio=sidecar_audio(gt))
         except (EvaluationError, VideoError) as exc:
             failed[spec.name] = str(exc)
     variants = {spec.name: spec.variant for spec in specs if spec.name in results}

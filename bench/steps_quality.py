@@ -1,0 +1,109 @@
+"""Steps vs quality of a trained model: lip sync, mouth PSNR, LMD and speed per solver and step count.
+
+Run in a project folder after `dvc repro` (a time split: the held-out end of a clip has ground truth):
+
+    python bench/steps_quality.py --clip cnn_anchor
+    python bench/steps_quality.py --clip cnn_anchor --configs ddim:250 ddim:50 ddim:25 dpmsolver++:20 dpmsolver++:10
+
+For each ``solver:steps`` it samples the clip's held-out frames (or the first
+``--frames`` of them) with the trained models and the project's params, driven
+by their own audio, times the sampling on this machine, and scores the video
+against the source with the evaluation of the `evaluate` stage. Prints a
+Markdown table and writes it with the raw figures to ``--out`` (JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from dithead.audio import write_wav
+from dithead.generate import DiTHeadPipeline, SampleSettings
+from dithead.metrics.video import EvalConfig, Evaluator
+from dithead.params import load_params
+from dithead.store import ProcessedClip
+
+COLUMNS = ("mouth_open_r", "av_offset", "mouth_open_std_ratio", "mouth_psnr", "lmd", "psnr")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--clip", required=True, help="a clip of data/processed with a held-out part in models/dit/split.json")
+    p.add_argument("--configs", nargs="+", default=["ddim:250", "ddim:50", "ddim:25", "dpmsolver++:20", "dpmsolver++:10"])
+    p.add_argument("--frames", type=int, default=0, help="score only the first N held-out frames (0: all)")
+    p.add_argument("--out", default="metrics/steps_quality.json")
+    return p.parse_args()
+
+
+def held_out_audio(clip: ProcessedClip, start: int, stop: int, fps: float, path: Path) -> np.ndarray:
+    """The held-out part's features, and its audio written to ``path`` for muxing."""
+    samples, rate = sf.read(clip.audio_path, dtype="float32")
+    write_wav(path, samples[int(round(start * rate / fps)):int(round(stop * rate / fps))], rate)
+    return np.load(Path("data/features") / f"{clip.name}.npy")[start:stop]
+
+
+def run_config(solver: str, steps: int, params: dict, clip: ProcessedClip, frames: tuple[int, int],
+               reference: tuple[int, int], work: Path) -> dict:
+    fps = params["data"]["fps"]
+    features = held_out_audio(clip, *frames, fps, work / "audio.wav")
+    pipe = DiTHeadPipeline.from_pretrained("models", weights=params["sample"]["weights"], solver=solver,
+                                           precision=params["sample"]["precision"], fps=fps,
+                                           mask_kernel_size=params["mask"]["kernel_size"],
+                                           mask_sigma=params["mask"]["sigma"], mask_region=params["mask"]["region"])
+    settings = SampleSettings(steps=steps, seed=params["seed"], chunk_size=params["sample"]["chunk_size"],
+                              min_reference_distance=params["dit"]["min_ref_distance"])
+    video = work / f"{solver}_{steps}.mp4"
+    start = time.perf_counter()
+    report = pipe.sample_clip(clip, features, work / "audio.wav", video, settings, frames=frames,
+                              reference_frames=reference, progress=False)
+    seconds = time.perf_counter() - start
+    e = params["evaluate"]
+    config = EvalConfig(metrics=["psnr", "lmd", "mouth_psnr"], fps=fps, crop_size=e["crop_size"],
+                        crop_margin=e["crop_margin"], smooth_frames=e["smooth_frames"], mouth_margin=e["mouth_margin"])
+    source = Path(clip.meta["source"]["video"])
+    metrics = Evaluator({}, config).evaluate(video, source, gt_start=frames[0]).report["metrics"]
+    return {"solver": solver, "steps": steps, "frames": report["frames"], "seconds": round(seconds, 1),
+            "frames_per_second": round(report["frames"] / seconds, 2), **{k: metrics.get(k) for k in COLUMNS}}
+
+
+def table(rows: list[dict]) -> str:
+    head = "| solver | steps | " + " | ".join(COLUMNS) + " | frames/s |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 3)]
+    for r in rows:
+        cells = [f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in COLUMNS]
+        lines.append(f"| {r['solver']} | {r['steps']} | " + " | ".join(cells) + f" | {r['frames_per_second']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = parse_args()
+    params = load_params()
+    split = json.loads(Path("models/dit/split.json").read_text())
+    if args.clip not in split.get("validation_frames", {}):
+        raise SystemExit(f"steps_quality: clip '{args.clip}' has no held-out frames in models/dit/split.json")
+    start, stop = split["validation_frames"][args.clip]
+    if args.frames:
+        stop = min(stop, start + args.frames)
+    reference = tuple(split["train_frames"][args.clip])
+    clip = ProcessedClip(Path("data/processed") / args.clip)
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        for config in args.configs:
+            solver, steps = config.split(":")
+            rows.append(run_config(solver, int(steps), params, clip, (start, stop), reference, Path(work)))
+            print(table(rows[-1:]).splitlines()[-1], flush=True)
+    text = table(rows)
+    print(text)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"clip": args.clip, "frames": [start, stop], "rows": rows,
+                                          "table": text}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
