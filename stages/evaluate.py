@@ -1,12 +1,12 @@
 """DVC stage `evaluate`: outputs/samples/<clip>.mp4 vs data/raw/<clip>.* -> metrics/eval.json, plots, comparison video.
 
 Writes
-- metrics/eval.json: overall and per-clip PSNR, SSIM, LPIPS, FID, LSE-C, LSE-D,
-  LMD, mouth PSNR/SSIM, and the reason for any metric not computed;
+- metrics/eval.json: overall (generated videos), per-baseline and per-video numbers only:
+  PSNR, SSIM, LPIPS, FID, LSE-C, LSE-D, LMD, mouth PSNR/SSIM, lip sync;
 - dvclive/evaluate/plots/custom/: per-frame PSNR and LMD of every clip, and its
   mouth opening beside the ground truth's (mouth_open_<clip>);
 - outputs/eval/report.json: the full per-clip reports (frame counts, overlap,
-  frames without a face, crop, audio, notes);
+  frames without a face, crop, audio, notes), and why any metric or clip is missing;
 - outputs/eval/<clip>_side_by_side.mp4: ground truth | generated | |difference|
   for the first clip.
 """
@@ -50,17 +50,18 @@ def main() -> int:
                                           config(params), side_by_side)
         except EvaluationError as error:   # e.g. no generated videos
             raise SystemExit(f"evaluate: {error}") from None
+        summary = evaluation.metrics_json()
+        # Explanations go to the report and the log; the metrics file stays numeric (`dvc metrics show`).
         write_json(out / "report.json", {"clips": {name: r.report for name, r in evaluation.results.items()},
-                                         "failed": evaluation.failed})
-    summary = evaluation.metrics_json()
-    write_json(METRICS, summary)
+                                         "missing": summary["missing"], "failed": summary["failed"]})
+    write_json(METRICS, {key: summary[key] for key in ("overall", "baselines", "clips")})
     write_plots(evaluation.results)
     for name, reason in summary["failed"].items():
         print(f"evaluate: {name} not evaluated: {reason}", file=sys.stderr)
     for metric, reason in summary["missing"].items():
         print(f"evaluate: {metric} {reason}", file=sys.stderr)
     if not evaluation.results:
-        raise SystemExit(f"evaluate: no clip could be evaluated (see {METRICS})")
+        raise SystemExit(f"evaluate: no clip could be evaluated (see {OUT_DIR / 'report.json'})")
     shown = ", ".join(f"{k} {v:.4g}" for k, v in summary["overall"].items())
     print(f"evaluate: {shown} -> {METRICS}")
     return 0

@@ -468,12 +468,34 @@ def test_stage_saves_raw_and_ema_weights_schedule_split_and_logs(reference_run):
     assert not set(split["validation"]) & set(split["train"])
 
     summary = json.loads((reference_run / "dvclive" / "train_dit" / "metrics.json").read_text())
-    assert summary["step"] == 60 and {"loss", "loss_ema"} <= set(summary["val"])
+    assert summary["step"] == 60 and {"loss", "loss_ema", "audio_gain", "reference_gain", "masked_gain"} <= set(summary["val"])
     assert [s for s, _ in metric_history(reference_run, "val/loss")] == [20, 40, 60]
     assert [s for s, _ in metric_history(reference_run, "train/loss")] == [10, 20, 30, 40, 50, 60]
     grid = cv2.imread(str(reference_run / "dvclive" / "train_dit" / "plots" / "images" / "samples.png"))
     assert grid.shape == (3 * 64, 4 * 64, 3)          # ground truth | masked | generated, 4 held-out frames
     assert not (reference_run / "checkpoints" / "train_dit").exists()    # cleared after the final save
+
+
+def test_time_split_trains_on_each_clips_start_and_validates_on_its_end(processed_demo, tmp_path, monkeypatch,
+                                                                        one_torch_thread):
+    workdir = make_workdir(tmp_path / "time", processed_demo)
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    params["split"].update(mode="time", val_fraction=0.25, gap_seconds=0.4)
+    params["dit"].update(steps=10, val_every=10, sample_every=10, checkpoint_every=0)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    run_stage(workdir, monkeypatch)
+
+    split = json.loads((workdir / "models" / "dit" / "split.json").read_text())
+    assert split["mode"] == "time" and split["validation"] == split["train"] == ["astronaut", "astronaut_mirrored"]
+    n = len(np.load(workdir / "data" / "features" / "astronaut.npy"))
+    assert split["validation_frames"]["astronaut"] == [n - round(n * 0.25), n]
+    assert split["train_frames"]["astronaut"] == [0, n - round(n * 0.25) - 10]           # 0.4 s gap at 25 fps
+    # The audio standardisation comes from the training frames alone.
+    model = DiTHead.from_pretrained(workdir / "models" / "dit" / "ema")
+    trained = np.concatenate([np.load(workdir / "data" / "features" / f"{name}.npy")[slice(*split["train_frames"][name])]
+                              for name in split["train"]])
+    np.testing.assert_allclose(model.audio_mean.numpy(), trained.mean(0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(model.audio_std.numpy(), trained.std(0, ddof=1), rtol=1e-3, atol=1e-4)
 
 
 def test_stage_training_lowers_the_loss_on_a_fixed_batch(reference_run, demo_data):

@@ -1,13 +1,16 @@
 """The generation pipeline on the demo clips with tiny random models saved as the stages save them."""
 
 import av
+import cv2
 import numpy as np
 import pytest
 
 from dithead import watermark as wm
 from dithead.face import nearest_valid
 from dithead.generate import DiTHeadPipeline, ModelDirectoryError, SampleSettings, audio_feature_extractor
+from dithead.mask import lower_face_mask
 from dithead.store import list_clips
+from dithead.video import iter_frames
 
 FPS = 25
 
@@ -62,6 +65,55 @@ def test_sample_clip_writes_dubbed_watermarked_video(processed_demo, models, tmp
     report = pipe.sample_clip(video, features, driver.audio_path, dubbed, settings, progress=False)
     assert report["ping_pong"] and report["frames"] == len(features)
     assert probe(dubbed)[0] == len(features)
+
+
+def first_frames(path, count: int) -> np.ndarray:
+    with av.open(str(path)) as c:
+        frames = []
+        for frame in c.decode(video=0):
+            frames.append(frame.to_ndarray(format="rgb24"))
+            if len(frames) == count:
+                return np.stack(frames)
+    return np.stack(frames)
+
+
+def test_held_out_part_is_dubbed_from_its_own_frames_with_a_reference_from_the_training_part(processed_demo, models,
+                                                                                              tmp_path):
+    clip = next(c for c in list_clips(processed_demo / "data" / "processed") if c.name == "astronaut")
+    pipe = DiTHeadPipeline.from_pretrained(models, device="cpu", mask_kernel_size=9, mask_sigma=2.0)
+    settings = SampleSettings(steps=1, chunk_size=8, min_reference_distance=10)
+    features = np.load(processed_demo / "data" / "features" / "astronaut.npy")[80:100]
+    out = tmp_path / "held_out.mp4"
+    report = pipe.sample_clip(clip, features, clip.audio_path, out, settings, frames=(80, 100),
+                              reference_frames=(0, 60), progress=False)
+    assert report["frames"] == probe(out)[0] == 20 and report["start_frame"] == 80
+    assert 0 <= report["reference_frame"] < 60 and not report["ping_pong"]
+    # Outside the mask the output shows source frames 80.., not 0.. (the head moves between them).
+    source = [f.image.astype(int) for f in iter_frames(clip.meta["source"]["video"], FPS) if f.index < 83]
+    made = first_frames(out, 3)[:, :100].astype(int)
+    from_held_out = np.abs(made - np.stack(source[80:83])[:, :100]).mean()
+    from_start = np.abs(made - np.stack(source[0:3])[:, :100]).mean()
+    assert from_held_out < 0.5 * from_start, (from_held_out, from_start)
+
+
+def test_reference_copy_pastes_the_reference_crop_in_every_frame(processed_demo, models, tmp_path):
+    clip = next(c for c in list_clips(processed_demo / "data" / "processed") if c.name == "astronaut")
+    pipe = DiTHeadPipeline.from_pretrained(models, device="cpu", mask_kernel_size=9, mask_sigma=2.0)
+    settings = SampleSettings(min_reference_distance=10)
+    out = tmp_path / "copy.mp4"
+    report = pipe.paste_reference(clip, 12, clip.audio_path, out, settings, frames=(80, 100), reference_frames=(0, 60))
+    assert report["frames"] == probe(out)[0] == 12 and 0 <= report["reference_frame"] < 60
+    # Every frame's lower face is the reference crop, not the frame's own: cut each output frame at the
+    # frame's crop box and compare inside the mask.
+    reference = clip.crop(report["reference_frame"]).astype(float)
+    to_reference, to_own = [], []
+    for k, frame in enumerate(first_frames(out, 12)):
+        x0, y0, x1, y1 = np.asarray(clip.boxes[80 + k]).round().astype(int)
+        cut = cv2.resize(frame[y0:y1, x0:x1], (64, 64), interpolation=cv2.INTER_AREA).astype(float)
+        inside = lower_face_mask(clip.landmarks[80 + k], (64, 64), 9, 2.0) > 0.9
+        to_reference.append(np.abs(cut - reference)[inside].mean())
+        to_own.append(np.abs(cut - clip.crop(80 + k).astype(float))[inside].mean())
+    assert np.mean(to_reference) < 0.5 * np.mean(to_own), (np.mean(to_reference), np.mean(to_own))
 
 
 @pytest.mark.slow
