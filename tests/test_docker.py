@@ -37,7 +37,8 @@ def test_docker_runner_builds_the_docker_run_command(tmp_path):
     fake_docker(tmp_path, log)
     hf = tmp_path / "hf"
     env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}", "DITHEAD_RUNNER": "docker",
-           "DITHEAD_IMAGE": "dithead:test", "HF_HOME": str(hf), "DITHEAD_DOCKER_ARGS": "--shm-size 8g"}
+           "DITHEAD_IMAGE": "dithead:test", "HF_HOME": str(hf), "DITHEAD_DOCKER_ARGS": "--shm-size 8g",
+           "DITHEAD_ENGINE": "docker"}
     command = ["accelerate", "launch", "stages/train_vqgan.py", "--which", "masked"]
     result = run_stage(command, env)
     assert result.returncode == 0, result.stderr
@@ -51,6 +52,7 @@ def test_docker_runner_builds_the_docker_run_command(tmp_path):
     assert f"{hf}:/cache/huggingface" in mounts
     assert args[args.index("-w") + 1] == str(REPO)
     assert "DITHEAD_RUNNER=local" in args                             # no recursion inside the container
+    assert f"PYTHONPATH={REPO}" in args                               # the repository's code runs, not a copy
     assert args[args.index("--shm-size") + 1] == "8g"
     image_at = args.index("dithead:test")
     assert args[image_at + 1:] == command                             # the stage command, verbatim
@@ -84,3 +86,67 @@ def test_image_installs_the_same_requirements_as_ci():
     assert re.search(r"^torch==\d", (REPO / "requirements.txt").read_text(), re.M)
     # The torch version in the image comes from requirements.txt, not a second pin.
     assert not re.search(r"torch==\d", dockerfile)
+
+
+def docker_args(tmp_path: Path, cwd: Path = REPO, docker_version: str = "Docker version 28.2.2", **env) -> list[str]:
+    """The arguments run-stage passes to a fake `docker` (whose --version prints ``docker_version``)."""
+    log = tmp_path / "docker-args"
+    script = tmp_path / "docker"
+    script.write_text(f'#!/bin/sh\nif [ "$1" = --version ]; then echo "{docker_version}"; exit 0; fi\n'
+                      f'for a in "$@"; do printf "%s\\n" "$a"; done > "{log}"\n')
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    path = f"{tmp_path}{os.pathsep}/usr/bin{os.pathsep}/bin"
+    result = run_stage(["python", "stages/sample.py"], {"PATH": path, "HOME": str(tmp_path),
+                                                        "HF_HOME": str(tmp_path / "hf"),
+                                                        "DITHEAD_RUNNER": "docker", **env}, cwd)
+    assert result.returncode == 0, result.stderr
+    return log.read_text().splitlines()
+
+
+@pytest.mark.parametrize("gpus", ["", "none"])
+def test_gpus_can_be_turned_off(tmp_path, gpus):
+    args = docker_args(tmp_path, DITHEAD_GPUS=gpus)
+    assert "--gpus" not in args and not any("nvidia.com/gpu" in a for a in args)
+
+
+def test_gpus_default_to_all_and_can_be_chosen(tmp_path):
+    assert docker_args(tmp_path)[docker_args(tmp_path).index("--gpus") + 1] == "all"
+    args = docker_args(tmp_path, DITHEAD_GPUS="device=1")
+    assert args[args.index("--gpus") + 1] == "device=1"
+
+
+def test_podman_gets_cdi_gpus_and_keeps_the_callers_uid(tmp_path):
+    args = docker_args(tmp_path, docker_version="podman version 4.3.1")    # a docker -> podman shim
+    assert "--gpus" not in args and args[args.index("--device") + 1] == "nvidia.com/gpu=all"
+    assert "--userns=keep-id" in args and "--user" not in args
+    assert docker_args(tmp_path, DITHEAD_ENGINE="podman", DITHEAD_GPUS="none").count("--device") == 0
+
+
+def test_unknown_engine_is_a_clear_error(tmp_path):
+    result = run_stage(["true"], {**os.environ, "DITHEAD_RUNNER": "docker", "DITHEAD_ENGINE": "lxc"})
+    assert result.returncode == 2 and "DITHEAD_ENGINE must be 'docker' or 'podman'" in result.stderr
+
+
+def test_weight_files_outside_the_repository_are_mounted_read_only(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "alex.pth").write_bytes(b"x")
+    (weights / "wav2vec2").mkdir()
+    (project / "params.yaml").write_text(
+        f'audio_features:\n  encoder: wav2vec2\n  model: {weights / "wav2vec2"}   # local directory\n'
+        f'weights:\n  inception_fid: ""\n  lpips_linear: "{weights / "alex.pth"}"\n  syncnet: /nowhere/sync.model\n'
+        f'dit:\n  model: /not/a/weight\n')
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    mounts = [a for a in docker_args(bin_dir, cwd=project) if a.endswith(":ro")]
+    assert sorted(mounts) == sorted([f"{weights / 'alex.pth'}:{weights / 'alex.pth'}:ro",
+                                     f"{weights / 'wav2vec2'}:{weights / 'wav2vec2'}:ro"])
+
+
+def test_image_holds_no_project_code():
+    """A copy of dithead/ in the image would be what stages import: stale code with DVC recording fresh hashes."""
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    assert not re.search(r"^COPY .*dithead", dockerfile, re.M) and "pip install --no-deps -e" not in dockerfile
+    assert "ARG TORCH_INDEX" in dockerfile
