@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo test bench
+.PHONY: setup demo test bench container-image container-demo
 
 setup: $(VENV)/.installed
 
@@ -29,3 +29,20 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/preprocess.py
+
+# The stage image, and the smoke pipeline with every stage in it (docker or podman;
+# CONTAINER_BUILD_ARGS adds build options, e.g. --build-arg TORCH_INDEX=...).
+IMAGE  ?= dithead:latest
+ENGINE ?= $(shell docker --version 2>/dev/null | grep -qi podman && echo podman || (command -v docker >/dev/null && echo docker || echo podman))
+CONTAINER_BUILD_ARGS ?=
+
+container-image:
+	$(ENGINE) build $(if $(filter podman,$(ENGINE)),--format docker) $(CONTAINER_BUILD_ARGS) -f docker/Dockerfile -t $(IMAGE) .
+
+container-demo: setup container-image
+	$(BIN)/dithead demo-data --out data/raw
+	$(BIN)/dithead profile smoke
+	DITHEAD_RUNNER=docker DITHEAD_ENGINE=$(ENGINE) DITHEAD_IMAGE=$(IMAGE) DITHEAD_GPUS=$${DITHEAD_GPUS-none} $(BIN)/dvc repro
+	@# Proof that stages import the repository's code, not a copy in the image:
+	DITHEAD_RUNNER=docker DITHEAD_ENGINE=$(ENGINE) DITHEAD_IMAGE=$(IMAGE) DITHEAD_GPUS=none \
+	  docker/run-stage python -c "import dithead, sys; print(dithead.__file__); sys.exit(not dithead.__file__.startswith('$(CURDIR)/'))"
