@@ -367,8 +367,10 @@ def test_evaluate_stage_writes_metrics_plots_and_side_by_side(videos, tmp_path, 
     summary = json.loads((tmp_path / "metrics/eval.json").read_text())
     assert set(summary["overall"]) >= {"psnr", "ssim", "lmd", "frames", "clips"}
     assert summary["clips"]["astronaut"]["frames"] == 8
-    assert "weights.inception_fid" in summary["missing"]["fid"]
-    assert "no ground-truth video" in summary["failed"]["unknown"]
+    report = json.loads((tmp_path / "outputs/eval/report.json").read_text())    # explanations: not metrics
+    assert "weights.inception_fid" in report["missing"]["fid"]
+    assert "no ground-truth video" in report["failed"]["unknown"]
+    assert set(summary) == {"overall", "baselines", "clips"}
     plot = json.loads((tmp_path / "dvclive/evaluate/plots/custom/psnr_astronaut.json").read_text())
     assert [p["frame"] for p in plot] == list(range(8))
     assert (tmp_path / "dvclive/evaluate/plots/custom/lmd_astronaut.json").is_file()
