@@ -31,8 +31,7 @@ from dithead.dit_data import (DiTDataset, LazyArrays, MaskSettings, audio_featur
                               decode_latents, encode_latents, evenly_spaced, file_sha256, model_fingerprint,
                               precompute_latents)
 from dithead.fileio import atomic_path
-from dithead.split import (DataSplit, FrameRangeView, held_out_frames, make_split, reference_clips,
-                            training_clips)
+from dithead.split import DataSplit, FrameRangeView, held_out_frames, make_split, reference_clips
 from dithead.store import ProcessedClip
 from dithead.training import (MIXED_PRECISION_CHOICES, Checkpointer, GracefulStop, Throughput, TrainingInterrupted,
                               check_minimums, checkpoint_settings, log_image, log_metrics, make_accelerator,
@@ -143,7 +142,7 @@ def _prepare_data(clips: Sequence[ProcessedClip], config: DiTTrainingConfig, fea
                   audio_window=config.audio_window, seed=config.seed)
     mask = MaskSettings(config.mask_kernel_size, config.mask_sigma, config.mask_max_shift, config.mask_region)
     # Training reads each clip through its training range only (a time split holds out its end).
-    train_views = [next(iter(training_clips([clip], split)), FrameRangeView(clip, 0, 0)) for clip in clips]
+    train_views = [FrameRangeView(clip, *split.train_frames.get(clip.name, (0, 0))) for clip in clips]
     train_rows = valid_frames(train_views)
     if len(train_rows) == 0:
         raise ValueError(f"no frames with a face in the training clips {split.train}")
