@@ -11,6 +11,10 @@ That is the paper's form: the timestep reaches the network only through
 cross-attention. With ``adaln=True`` each block is also modulated by the
 timestep, as DiT and PixArt-alpha do (``norm_type="ada_norm_single"``: one
 shared projection of the timestep embedding, a learned table per block).
+``audio_adaln=True`` adds an embedding of the whole audio window to that
+timestep embedding, as DiT adds its class embedding: every block is then
+scaled and shifted by the audio directly, which a small model trained for a
+few thousand steps picks up much sooner than cross-attention alone.
 
 Output: the predicted noise, same shape as z_t.
 
@@ -65,6 +69,7 @@ class DiTHead(ModelMixin, AttentionMixin, ConfigMixin):
         audio_dim: features per audio frame (33 for wav2vec2 CTC logits).
         audio_window: audio frames per window (11: the frame and 5 either side).
         adaln: also modulate every block by the timestep (DiT/PixArt); False is the paper's form.
+        audio_adaln: with ``adaln``, modulate by the timestep plus an embedding of the audio window.
 
     Latents are VQGAN encoder outputs (before quantisation) times that
     VQModel's ``config.scaling_factor`` (see ``dithead.dit_data.encode_latents``).
@@ -86,12 +91,15 @@ class DiTHead(ModelMixin, AttentionMixin, ConfigMixin):
         audio_dim: int = 33,
         audio_window: int = 11,
         adaln: bool = False,
+        audio_adaln: bool = False,
     ):
         super().__init__()
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
         if sample_size % patch_size:
             raise ValueError(f"sample_size {sample_size} is not divisible by patch_size {patch_size}")
+        if audio_adaln and not adaln:
+            raise ValueError("audio_adaln needs adaln: the audio embedding joins the adaLN modulation")
         self.gradient_checkpointing = False
 
         self.patch_embed = PatchEmbed(
@@ -128,6 +136,9 @@ class DiTHead(ModelMixin, AttentionMixin, ConfigMixin):
             # embedding as the timestep token: 6 modulation vectors per block.
             self.timestep_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
             self.final_modulation = nn.Parameter(torch.randn(2, hidden_size) / hidden_size**0.5)
+        if audio_adaln:
+            self.audio_embedder = nn.Sequential(
+                nn.Linear(audio_window * audio_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
         self.norm_out = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.proj_out = nn.Linear(hidden_size, patch_size * patch_size * latent_channels)
         self._init_weights()
@@ -146,6 +157,9 @@ class DiTHead(ModelMixin, AttentionMixin, ConfigMixin):
         nn.init.normal_(self.timestep_embedder.linear_1.weight, std=0.02)
         nn.init.normal_(self.timestep_embedder.linear_2.weight, std=0.02)
         nn.init.normal_(self.audio_pos, std=0.02)
+        if self.config.audio_adaln:
+            nn.init.normal_(self.audio_embedder[0].weight, std=0.02)
+            nn.init.normal_(self.audio_embedder[2].weight, std=0.02)
         if self.config.adaln:
             nn.init.zeros_(self.timestep_modulation[1].weight)
         nn.init.zeros_(self.proj_out.weight)
@@ -155,9 +169,19 @@ class DiTHead(ModelMixin, AttentionMixin, ConfigMixin):
         window = self.config.audio_window
         if audio.ndim != 3 or audio.shape[1:] != (window, self.config.audio_dim):
             raise ValueError(f"audio must be (batch, {window}, {self.config.audio_dim}), got {tuple(audio.shape)}")
-        audio = (audio.to(self.audio_mean.dtype) - self.audio_mean) / self.audio_std
-        audio_tokens = self.audio_proj(audio.to(self.audio_proj.weight.dtype)) + self.audio_pos
+        audio_tokens = self.audio_proj(self.standardise_audio(audio)) + self.audio_pos
         return torch.cat([audio_tokens, timestep_embedding[:, None].to(audio_tokens.dtype)], dim=1)
+
+    def standardise_audio(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B, audio_window, audio_dim) raw features -> standardised, in the model's dtype."""
+        audio = (audio.to(self.audio_mean.dtype) - self.audio_mean) / self.audio_std
+        return audio.to(self.audio_proj.weight.dtype)
+
+    def modulation_embedding(self, audio: torch.Tensor, timestep_embedding: torch.Tensor) -> torch.Tensor:
+        """(B, hidden): what adaLN scales and shifts by; the timestep's, plus the audio window's with ``audio_adaln``."""
+        if not self.config.audio_adaln:
+            return timestep_embedding
+        return timestep_embedding + self.audio_embedder(self.standardise_audio(audio).flatten(1))
 
     @torch.no_grad()
     def set_audio_statistics(self, features: torch.Tensor) -> None:
@@ -197,7 +221,11 @@ class DiTHead(ModelMixin, AttentionMixin, ConfigMixin):
         hidden = self.patch_embed(torch.cat([sample, masked, reference], dim=1).to(self.dtype))
         t_emb = self.timestep_embedder(self.time_proj(timestep).to(hidden.dtype))
         context = self.condition_tokens(audio, t_emb)
-        modulation = self.timestep_modulation(t_emb) if self.config.adaln else None
+        if self.config.adaln:
+            c_emb = self.modulation_embedding(audio, t_emb)
+            modulation = self.timestep_modulation(c_emb)
+        else:
+            modulation = None
 
         for block in self.blocks:
             if torch.is_grad_enabled() and self.gradient_checkpointing:
@@ -207,7 +235,7 @@ class DiTHead(ModelMixin, AttentionMixin, ConfigMixin):
 
         hidden = self.norm_out(hidden)
         if self.config.adaln:
-            shift, scale = (self.final_modulation[None] + t_emb[:, None]).chunk(2, dim=1)
+            shift, scale = (self.final_modulation[None] + c_emb[:, None]).chunk(2, dim=1)
             hidden = hidden * (1 + scale) + shift
         noise = self.unpatchify(self.proj_out(hidden), height // p, width // p)
         if not return_dict:
@@ -227,7 +255,7 @@ def make_noise_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
 def diffusion_loss(model: nn.Module, scheduler: DDPMScheduler, latents: torch.Tensor, masked: torch.Tensor,
                    reference: torch.Tensor, audio: torch.Tensor, *, noise: torch.Tensor | None = None,
                    timesteps: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                   snr_gamma: float | None = None) -> torch.Tensor:
+                   snr_gamma: float | None = None, region_weight: torch.Tensor | None = None) -> torch.Tensor:
     """The paper's objective (eq. 7): MSE between the noise added to ``latents``
     at a uniformly drawn step and the model's prediction of it.
 
@@ -236,6 +264,8 @@ def diffusion_loss(model: nn.Module, scheduler: DDPMScheduler, latents: torch.Te
     ``snr_gamma``: Min-SNR-gamma weighting (Hang et al. 2023), each sample's
     loss times min(SNR, gamma) / SNR: the many nearly clean steps, where the
     answer is the input, stop dominating the gradient. None: the paper's plain MSE.
+    ``region_weight``: (B, 1, h, w) weights of each latent position (``masked_region_weight``);
+    each sample's loss is then the weighted mean over positions. None: every position counts alike.
     """
     batch = latents.shape[0]
     if noise is None:
@@ -245,14 +275,31 @@ def diffusion_loss(model: nn.Module, scheduler: DDPMScheduler, latents: torch.Te
                                   generator=generator, device=latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     prediction = model(sample=noisy, masked=masked, reference=reference, audio=audio, timestep=timesteps).sample
-    if not snr_gamma:
+    if not snr_gamma and region_weight is None:
         return F.mse_loss(prediction.float(), noise.float())
+    squared = F.mse_loss(prediction.float(), noise.float(), reduction="none")
+    if region_weight is None:
+        per_sample = squared.flatten(1).mean(1)
+    else:
+        region_weight = region_weight.float().expand_as(squared)
+        per_sample = (squared * region_weight).flatten(1).sum(1) / region_weight.flatten(1).sum(1)
+    if not snr_gamma:
+        return per_sample.mean()
     from diffusers.training_utils import compute_snr
 
     snr = compute_snr(scheduler, timesteps).float()
-    weight = snr.clamp(max=snr_gamma) / snr
-    per_sample = F.mse_loss(prediction.float(), noise.float(), reduction="none").flatten(1).mean(1)
-    return (weight * per_sample).mean()
+    return (snr.clamp(max=snr_gamma) / snr * per_sample).mean()
+
+
+def masked_region_weight(mask: torch.Tensor, latent_size: tuple[int, int], weight: float) -> torch.Tensor:
+    """(B, 1, h, w) loss weights from pixel masks (B, 1, H, W), 1 where hidden: ``weight`` over the
+    hidden region, 1 elsewhere, blended by the share of each latent position the mask covers.
+
+    Outside the mask the answer is in the masked-frame input; only the hidden region, where the
+    mouth is, depends on the audio, and at 1 it is a small part of the loss.
+    """
+    covered = F.adaptive_avg_pool2d(mask.float(), latent_size)
+    return 1 + (weight - 1) * covered
 
 
 def forward_flops(config: Mapping[str, Any], batch: int = 1, height: int | None = None,

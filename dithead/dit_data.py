@@ -212,7 +212,7 @@ class DiTDataset(Dataset):
     from ``(seed, i)``, so an item is the same in every run and worker, and
     differs between epochs. Items are dicts of tensors:
     ``latent``, ``reference`` (C, h, w) float32; ``masked`` (3, H, W) uint8;
-    ``audio`` (audio_window, D) float32; ``clip``, ``frame``, ``reference_frame`` int.
+    ``mask`` (1, H, W) float32, 1 where hidden; ``audio`` (audio_window, D) float32; ``clip``, ``frame``, ``reference_frame`` int.
     """
 
     def __init__(self, clips: Sequence[ProcessedClip], frames: np.ndarray, latents: LazyArrays,
@@ -246,6 +246,7 @@ class DiTDataset(Dataset):
             "latent": torch.from_numpy(latents[frame].astype(np.float32)),
             "reference": torch.from_numpy(latents[reference].astype(np.float32)),
             "masked": torch.from_numpy(apply_mask(image, mask)).permute(2, 0, 1).contiguous(),
+            "mask": torch.from_numpy(mask)[None],
             "audio": torch.from_numpy(audio_windows(self.features[clip.name], [frame], self.audio_window)[0]),
             "clip": torch.tensor(clip_index),
             "frame": torch.tensor(frame),

@@ -26,7 +26,7 @@ from diffusers import DDIMScheduler, VQModel
 from diffusers.training_utils import EMAModel
 
 from dithead.datasets import tensor_to_image, valid_frames
-from dithead.dit import DIT_PRESETS, DiTHead, diffusion_loss, dit_config, make_noise_scheduler
+from dithead.dit import DIT_PRESETS, DiTHead, diffusion_loss, dit_config, make_noise_scheduler, masked_region_weight
 from dithead.dit_data import (DiTDataset, LazyArrays, MaskSettings, audio_feature_paths, clip_fingerprint,
                               decode_latents, encode_latents, evenly_spaced, file_sha256, model_fingerprint,
                               precompute_latents)
@@ -55,6 +55,7 @@ class DiTTrainingConfig:
     hidden_size: int | None = None
     num_heads: int | None = None
     adaln: bool = False
+    audio_adaln: bool = False
     gradient_checkpointing: bool = False
     # data
     audio_window: int = 11
@@ -65,6 +66,7 @@ class DiTTrainingConfig:
     # diffusion and optimisation
     diffusion_steps: int = 1000
     snr_gamma: float | None = None      # Min-SNR-gamma loss weighting; None: the paper's plain MSE
+    masked_region_weight: float = 1.0   # loss weight of the hidden lower face against the rest; 1: the paper's MSE
     learning_rate: float = 1e-4
     weight_decay: float = 0.0
     batch_size: int = 32                # per process and micro-step
@@ -86,7 +88,8 @@ class DiTTrainingConfig:
         at_least = {"steps": 1, "batch_size": 1, "gradient_accumulation": 1, "log_every": 1, "val_every": 1,
                     "sample_every": 1, "sample_count": 1, "sample_steps": 1, "checkpoint_every": 0, "workers": 0,
                     "latent_batch_size": 1, "val_samples": 0, "audio_window": 1, "min_ref_distance": 0,
-                    "diffusion_steps": 1, "learning_rate": 0, "weight_decay": 0, "ema_decay": 0}
+                    "diffusion_steps": 1, "learning_rate": 0, "weight_decay": 0, "ema_decay": 0,
+                    "masked_region_weight": 0}
         check_minimums(self, at_least, "dit")
         for name in ("depth", "hidden_size", "num_heads"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
@@ -102,6 +105,8 @@ class DiTTrainingConfig:
                              f"not {self.audio_window}")
         if self.snr_gamma is not None and self.snr_gamma <= 0:
             raise ValueError(f"dit.snr_gamma must be null or > 0, not {self.snr_gamma}")
+        if self.audio_adaln and not self.adaln:
+            raise ValueError("dit.audio_adaln needs dit.adaln: true (the audio joins the adaLN modulation)")
         if self.ema_decay > 1:
             raise ValueError(f"dit.ema_decay must be in [0, 1], not {self.ema_decay}")
         if self.sample_steps > self.diffusion_steps:
@@ -168,7 +173,8 @@ def build_model(config: DiTTrainingConfig, latent_shape: tuple[int, int, int], a
         raise ValueError(f"latents are {height}x{width}; the DiT expects square latents")
     model = DiTHead(**dit_config(config.preset, depth=config.depth, hidden_size=config.hidden_size,
                                  num_heads=config.num_heads, sample_size=height, latent_channels=channels,
-                                 audio_dim=audio_dim, audio_window=config.audio_window, adaln=config.adaln))
+                                 audio_dim=audio_dim, audio_window=config.audio_window, adaln=config.adaln,
+                                 audio_adaln=config.audio_adaln))
     if config.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     return model
@@ -183,6 +189,13 @@ def _conditions(batch: dict[str, torch.Tensor], vq_masked: VQModel, autocast) ->
     with autocast():
         masked = encode_latents(vq_masked, batch["masked"]).float()
     return dict(latents=batch["latent"], masked=masked, reference=batch["reference"], audio=batch["audio"])
+
+
+def _region_weight(batch: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor],
+                   config: DiTTrainingConfig) -> torch.Tensor | None:
+    if config.masked_region_weight == 1:
+        return None
+    return masked_region_weight(batch["mask"], tuple(inputs["latents"].shape[-2:]), config.masked_region_weight)
 
 
 def _collate(dataset: DiTDataset, first: int, stop: int) -> dict[str, torch.Tensor]:
@@ -341,7 +354,8 @@ def train_dit(clips: Sequence[ProcessedClip], config: DiTTrainingConfig, *, feat
                 inputs = _conditions(batch, vq_masked, accelerator.autocast)
                 noise_rng = step_generator(config.seed, step, micro_step, accelerator.process_index, device)
                 with accelerator.accumulate(model), accelerator.autocast():
-                    loss = diffusion_loss(model, scheduler, **inputs, generator=noise_rng, snr_gamma=config.snr_gamma)
+                    loss = diffusion_loss(model, scheduler, **inputs, generator=noise_rng, snr_gamma=config.snr_gamma,
+                                          region_weight=_region_weight(batch, inputs, config))
                     accelerator.backward(loss)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)

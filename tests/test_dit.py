@@ -20,7 +20,8 @@ from safetensors.torch import load_file
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import run_until_sigkill, sigterm_self_when
-from dithead.dit import DIT_PRESETS, DiTHead, diffusion_loss, dit_config, forward_flops, make_noise_scheduler
+from dithead.dit import (DIT_PRESETS, DiTHead, diffusion_loss, dit_config, forward_flops, make_noise_scheduler,
+                         masked_region_weight)
 from dithead.dit_data import (DiTDataset, LazyArrays, MaskSettings, audio_feature_paths, encode_latents,
                               precompute_latents, target_frames)
 from dithead.dit_training import DiTTrainingConfig, _fingerprint_config
@@ -40,12 +41,17 @@ TINY = dict(depth=2, hidden_size=32, num_heads=4, audio_dim=AUDIO_DIM)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def tiny_model(sample_size: int = 8, patch: int = 2, adaln: bool = False, seed: int = 0) -> DiTHead:
+def tiny_model(sample_size: int = 8, patch: int = 2, adaln: bool = False, seed: int = 0,
+               audio_adaln: bool = False) -> DiTHead:
     """A tiny DiT whose output layer is random: a fresh DiT predicts exactly zero
-    (DiT zero-initialises that layer), which would hide any dependence on the inputs."""
+    (DiT zero-initialises that layer), which would hide any dependence on the inputs.
+    The adaLN modulation is random too, for the same reason."""
     torch.manual_seed(seed)
-    model = DiTHead(**dit_config(f"DiT-S/{patch}", **TINY, sample_size=sample_size, adaln=adaln)).eval()
+    model = DiTHead(**dit_config(f"DiT-S/{patch}", **TINY, sample_size=sample_size, adaln=adaln,
+                                 audio_adaln=audio_adaln)).eval()
     torch.nn.init.normal_(model.proj_out.weight, std=0.5)
+    if adaln:
+        torch.nn.init.normal_(model.timestep_modulation[1].weight, std=0.5)
     return model
 
 
@@ -114,6 +120,55 @@ def test_output_depends_on_audio_reference_masked_and_timestep(adaln):
         assert not torch.allclose(changed, base, atol=1e-4), f"output ignores {name}"
 
 
+def test_audio_adaln_modulates_the_blocks_by_the_audio():
+    """With ``audio_adaln`` the audio reaches the output even when cross-attention cannot carry it."""
+    x = inputs()
+    other_audio = inputs(seed=2)["audio"]
+    for audio_adaln in (False, True):
+        model = tiny_model(adaln=True, audio_adaln=audio_adaln)
+        with torch.no_grad():
+            model.audio_proj.weight.zero_()            # cross-attention sees the same tokens for any audio
+        changed = predict(model, **{**x, "audio": other_audio})
+        assert torch.allclose(changed, predict(model, **x), atol=1e-6) is not audio_adaln
+
+
+def test_audio_adaln_needs_adaln():
+    with pytest.raises(ValueError, match="audio_adaln needs adaln"):
+        DiTHead(**dit_config("DiT-S/2", **TINY, sample_size=8, audio_adaln=True))
+    with pytest.raises(ValueError, match="dit.audio_adaln needs dit.adaln"):
+        DiTTrainingConfig(audio_adaln=True)
+
+
+def test_masked_region_weight_follows_the_mask_at_latent_resolution():
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 4:, :] = 1                               # the lower half of the image is hidden
+    mask[..., 2:4, :4] = 0.5                           # a soft edge over one latent row, left half
+    weight = masked_region_weight(mask, (4, 4), 5.0)[0, 0]
+    assert torch.equal(weight[2:], torch.full((2, 4), 5.0))
+    assert torch.equal(weight[0], torch.ones(4))
+    assert torch.equal(weight[1], torch.tensor([3.0, 3.0, 1.0, 1.0]))
+
+
+def test_region_weight_makes_errors_in_the_hidden_region_count_more():
+    """A model wrong only outside the mask loses less with the weighting; one wrong only inside, more."""
+    scheduler = make_noise_scheduler()
+    x = inputs(batch=2)
+    noise = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    inside = torch.zeros(2, 1, 8, 8)
+    inside[..., 4:, :] = 1
+    weight = 1 + 4 * inside
+
+    def loss_with_error_in(region, region_weight):
+        wrong = lambda **kw: SimpleNamespace(sample=noise + region)  # noqa: E731
+        return float(diffusion_loss(wrong, scheduler, x["sample"], x["masked"], x["reference"], x["audio"],
+                                    noise=noise, timesteps=torch.tensor([10, 500]), region_weight=region_weight))
+
+    assert loss_with_error_in(1 - inside, None) == pytest.approx(0.5)
+    assert loss_with_error_in(1 - inside, weight) == pytest.approx(1 / 6)   # 96 unit errors at weight 1 / total weight 96 + 5 * 96
+    assert loss_with_error_in(inside, weight) == pytest.approx(5 / 6)
+    assert loss_with_error_in(inside, torch.ones_like(inside)) == pytest.approx(0.5)
+
+
 def test_each_audio_frame_and_its_position_in_the_window_matter():
     model = tiny_model()
     x = inputs()
@@ -155,9 +210,9 @@ def test_bad_inputs_name_the_problem():
         model(**{**x, "reference": x["reference"][..., :4]})
 
 
-@pytest.mark.parametrize("adaln", [False, True])
-def test_save_and_load_round_trip(tmp_path, adaln):
-    model = tiny_model(adaln=adaln)
+@pytest.mark.parametrize("adaln, audio_adaln", [(False, False), (True, False), (True, True)])
+def test_save_and_load_round_trip(tmp_path, adaln, audio_adaln):
+    model = tiny_model(adaln=adaln, audio_adaln=audio_adaln)
     model.save_pretrained(tmp_path / "dit")
     loaded = DiTHead.from_pretrained(tmp_path / "dit").eval()
     public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
@@ -345,9 +400,10 @@ def test_dataset_item_is_frame_reference_masked_frame_and_audio(demo_data):
         np.testing.assert_array_equal(item["reference"].numpy(), latents[reference].astype(np.float32))
         np.testing.assert_array_equal(item["audio"].numpy(), audio_windows(features, [frame], 11)[0])
         masked = item["masked"].permute(1, 2, 0).numpy()
-        candidates = [apply_mask(clip.crop(frame), lower_face_mask(clip.landmarks[frame], (64, 64), 9, 2.0, shift=s))
-                      for s in shifts]
-        assert any(np.array_equal(masked, c) for c in candidates), "masked frame is not the crop under a shifted mask"
+        masks = [lower_face_mask(clip.landmarks[frame], (64, 64), 9, 2.0, shift=s) for s in shifts]
+        used = [m for m in masks if np.array_equal(masked, apply_mask(clip.crop(frame), m))]
+        assert used, "masked frame is not the crop under a shifted mask"
+        assert any(np.array_equal(item["mask"][0].numpy(), m) for m in used), "mask is not the one applied"
         assert masked.sum() < clip.crop(frame).sum()
     assert torch.equal(dataset[5]["masked"], dataset[5]["masked"])          # reproducible
     later_epoch = [dataset[i + len(dataset)] for i in range(8)]
@@ -481,9 +537,23 @@ def test_time_split_trains_on_each_clips_start_and_validates_on_its_end(processe
     workdir = make_workdir(tmp_path / "time", processed_demo)
     params = yaml.safe_load((workdir / "params.yaml").read_text())
     params["split"].update(mode="time", val_fraction=0.25, gap_seconds=0.4)
-    params["dit"].update(steps=10, val_every=10, sample_every=10, checkpoint_every=0)
+    # The personal profile's model options ride along: the audio in adaLN, the hidden region weighted.
+    params["dit"].update(steps=10, val_every=10, sample_every=10, checkpoint_every=0,
+                         adaln=True, audio_adaln=True, masked_region_weight=5.0)
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    import dithead.dit_training
+
+    region_weights = []
+
+    def recording_loss(*args, region_weight=None, **kwargs):
+        region_weights.append(region_weight)
+        return diffusion_loss(*args, region_weight=region_weight, **kwargs)
+
+    monkeypatch.setattr(dithead.dit_training, "diffusion_loss", recording_loss)
     run_stage(workdir, monkeypatch)
+    training = [w for w in region_weights if w is not None]       # validation keeps the plain, comparable loss
+    assert len(training) == 10 and len(region_weights) > 10
+    assert all(w.shape == (8, 1, 16, 16) and w.min() == 1 and w.max() == 5 for w in training)
 
     split = json.loads((workdir / "models" / "dit" / "split.json").read_text())
     assert split["mode"] == "time" and split["validation"] == split["train"] == ["astronaut", "astronaut_mirrored"]
@@ -492,6 +562,7 @@ def test_time_split_trains_on_each_clips_start_and_validates_on_its_end(processe
     assert split["train_frames"]["astronaut"] == [0, n - round(n * 0.25) - 10]           # 0.4 s gap at 25 fps
     # The audio standardisation comes from the training frames alone.
     model = DiTHead.from_pretrained(workdir / "models" / "dit" / "ema")
+    assert model.config.audio_adaln
     trained = np.concatenate([np.load(workdir / "data" / "features" / f"{name}.npy")[slice(*split["train_frames"][name])]
                               for name in split["train"]])
     np.testing.assert_allclose(model.audio_mean.numpy(), trained.mean(0), rtol=1e-4, atol=1e-4)
