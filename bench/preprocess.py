@@ -3,7 +3,7 @@
     python bench/preprocess.py [--video ../shared/clips/demo1.mp4] [--size 256] [--repeat 4]
 
 Reports, for the clip and for the same clip repeated ``--repeat`` times:
-frames/s of decode only (decord, every source frame), frames/s of preprocess
+frames/s of decode only (dithead.video's decoder, every source frame), frames/s of preprocess
 (decode + resample + face tracking + crop + store), their ratio, and peak
 resident memory of each run (each run in a fresh process, so peaks do not mix).
 Also the crop store's size and random-read speed for jpg and png.
@@ -43,14 +43,10 @@ def repeat_video(video: Path, times: int, out: Path) -> Path:
 
 
 def _decode_only(video: str, queue) -> None:
-    import decord
+    from dithead.video import iter_source_frames
 
     start = time.perf_counter()
-    reader = decord.VideoReader(video, num_threads=1)
-    n = 0
-    for _ in range(len(reader)):
-        reader.next()
-        n += 1
+    n = sum(1 for _ in iter_source_frames(video))
     queue.put({"frames": n, "seconds": time.perf_counter() - start, "cpu_seconds": _cpu_seconds(), "peak_mb": _peak_mb()})
 
 

@@ -1,7 +1,7 @@
 """Streaming video decode at a target frame rate.
 
-decord is the fast path; PyAV takes over for whatever decord cannot open.
-Frames are yielded one at a time so memory does not grow with clip length.
+PyAV (FFmpeg) decodes on demand: frames are yielded one at a time, so memory
+does not grow with clip length.
 Resampling to the target fps picks, for each output instant k / fps, the
 source frame whose timestamp is nearest (constant or variable frame rate).
 """
@@ -75,44 +75,17 @@ def _duration(container, stream) -> float:
     return 0.0
 
 
-def iter_source_frames(path: str | os.PathLike, num_threads: int = 1) -> Iterator[tuple[int, float, np.ndarray]]:
-    """(source index, timestamp in seconds, RGB frame) for every decoded frame.
+def iter_source_frames(path: str | os.PathLike, threads: int = 1) -> Iterator[tuple[int, float, np.ndarray]]:
+    """(source index, timestamp in seconds, RGB frame) for every decoded frame, upright.
 
-    ``num_threads`` is decord's decoder thread count. One thread by default:
-    clips are processed in parallel by workers, and decord's auto-threaded
-    decoder beside mediapipe's threads made peak memory grow with clip length
-    (measured: 270 MB -> 1.5 GB over 1000 frames of 1080x1920 HEVC; flat with 1).
+    PyAV decodes a frame only when the caller asks for the next one, so memory
+    holds what the caller keeps. (decord's reader decodes ahead in a background
+    thread with no bound: with a consumer slower than the decoder, as the
+    sampler is, 600 frames of 1080x1920 HEVC took 2.3 GB, against 0.13 GB
+    here; bench/generate_memory.py measures `dithead generate`.) ``threads``: the decoder's threads; 1 by
+    default because clips are decoded in parallel by workers, beside
+    mediapipe's and torch's own threads; 0 lets FFmpeg choose.
     """
-    try:
-        reader = _open_decord(path, num_threads)
-    except Exception:
-        reader = None
-    if reader is not None:
-        yield from _decord_frames(reader)
-    else:
-        yield from _pyav_frames(path)
-
-
-def _open_decord(path, num_threads: int):
-    import decord
-
-    reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=num_threads)
-    if len(reader) == 0:
-        raise RuntimeError("no frames")
-    return reader
-
-
-def _decord_frames(reader) -> Iterator[tuple[int, float, np.ndarray]]:
-    starts = reader.get_frame_timestamp(np.arange(len(reader)))[:, 0]
-    for i in range(len(reader)):
-        try:
-            frame = reader.next().asnumpy()
-        except StopIteration:
-            return
-        yield i, float(starts[i]), frame
-
-
-def _pyav_frames(path) -> Iterator[tuple[int, float, np.ndarray]]:
     import av
 
     try:
@@ -123,6 +96,7 @@ def _pyav_frames(path) -> Iterator[tuple[int, float, np.ndarray]]:
         if not container.streams.video:
             raise VideoError(path, "has no video stream")
         stream = container.streams.video[0]
+        stream.codec_context.thread_count = threads
         stream.thread_type = "AUTO"
         fallback_step = 1.0 / float(stream.average_rate or 25)
         last_time = -fallback_step
@@ -140,18 +114,18 @@ def _pyav_frames(path) -> Iterator[tuple[int, float, np.ndarray]]:
 
 
 def _upright(frame) -> np.ndarray:
-    """RGB array of a PyAV frame, turned by the stream's display rotation (phone videos), as decord does."""
+    """RGB array of a PyAV frame, turned by the stream's display rotation (phone videos)."""
     image = frame.to_ndarray(format="rgb24")
     quarter_turns = int(round(frame.rotation / 90)) % 4 if frame.rotation else 0
     return np.ascontiguousarray(np.rot90(image, quarter_turns)) if quarter_turns else image
 
 
-def iter_frames(path: str | os.PathLike, fps: float = 25.0, num_threads: int = 1) -> Iterator[Frame]:
+def iter_frames(path: str | os.PathLike, fps: float = 25.0, threads: int = 1) -> Iterator[Frame]:
     """Frames resampled to ``fps``: output frame k shows the source frame nearest to k / fps.
 
     Needs one frame of look-ahead, so memory stays at two decoded frames.
     """
-    source = iter_source_frames(path, num_threads)
+    source = iter_source_frames(path, threads)
     try:
         prev_i, prev_t, prev_img = next(source)
     except StopIteration:
