@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from . import __version__
@@ -71,7 +72,7 @@ def cmd_features(args) -> int:
 
 def cmd_generate(args) -> int:
     from .device import default_device
-    from .fileio import atomic_path
+    from .fileio import atomic_path, write_json
     from .generate import DiTHeadPipeline, SampleSettings, audio_feature_extractor
     from .params import load_params
     from .preprocess import PreprocessConfig
@@ -102,13 +103,19 @@ def cmd_generate(args) -> int:
 
             bits = message_bits(p["watermark"]["message"])
             doubled = tmp.with_name(tmp.stem + ".50fps" + tmp.suffix)
-            interpolate_video(tmp, doubled, params["interpolate"]["method"], params["weights"].get("rife") or None,
+            interpolation = interpolate_video(tmp, doubled, params["interpolate"]["method"], params["weights"].get("rife") or None,
                               device=device, crf=p["crf"],
                               mark=lambda frame: embed(frame, bits, p["watermark"]["strength"]))
             doubled.replace(tmp)
     factor = 2 if args.interpolate else 1
     print(f"{out}: {report['frames'] * factor} frames at {params['data']['fps'] * factor:g} fps "
           f"(sampled at {report['frames_per_second']} frames/s)")
+    if args.interpolate:
+        report["interpolation"] = asdict(interpolation)
+    phases = {**report["phase_seconds"], **report.get("interpolation", {}).get("phase_seconds", {})}
+    print("time per phase: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in phases.items()))
+    if args.report:
+        write_json(args.report, report)
     return 0
 
 
@@ -167,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--interpolate", action="store_true", help="also double the frame rate (50 fps)")
     p.add_argument("--params", default="params.yaml", help="the params the models were trained with")
+    p.add_argument("--report", help="also write the report (frames, seconds per phase) to this JSON file")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("watermark", help="provenance watermark of generated videos")

@@ -42,6 +42,7 @@ from .features import audio_windows
 from .mask import apply_mask, lower_face_mask
 from .sampling import driving_frame_order, make_scheduler, pick_reference_index, sample_lockstep
 from .store import CropStore, CropStoreWriter, ProcessedClip
+from .timing import PhaseTimer
 from .video import iter_frames
 
 MODEL_NAME = "DiT-Head"
@@ -83,8 +84,9 @@ class ClipConditions:
 
     def __init__(self, clip: ProcessedClip, order: np.ndarray, features: np.ndarray, vq_masked,
                  mask_kernel_size: int, mask_sigma: float, device: torch.device, autocast, audio_window: int = 11,
-                 mask_cache_size: int = 32, mask_region: str = "jaw"):
+                 mask_cache_size: int = 32, mask_region: str = "jaw", timer: PhaseTimer | None = None):
         self.clip, self.order, self.features = clip, order, features
+        self.timer = timer or PhaseTimer()
         self.vq_masked, self.device, self.autocast = vq_masked, device, autocast
         self.mask_kernel_size, self.mask_sigma, self.audio_window = mask_kernel_size, mask_sigma, audio_window
         self.mask_region = mask_region
@@ -107,9 +109,10 @@ class ClipConditions:
 
     def window(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         frames = self.order[start:stop]
-        masked = np.stack([apply_mask(self.clip.crop(int(v)), self.mask(int(v))) for v in frames])
+        with self.timer.phase("masking"):
+            masked = np.stack([apply_mask(self.clip.crop(int(v)), self.mask(int(v))) for v in frames])
         images = torch.from_numpy(masked).permute(0, 3, 1, 2).to(self.device)
-        with self.autocast():
+        with self.timer.phase("masked encode"), self.autocast():
             latents = encode_latents(self.vq_masked, images).float()
         audio = audio_windows(self.features, np.arange(start, stop), self.audio_window)
         return latents, torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(self.device)
@@ -214,28 +217,34 @@ class DiTHeadPipeline:
     def sample_clip(self, clip: ProcessedClip, features: np.ndarray, audio_path: str | os.PathLike,
                     output: str | os.PathLike, settings: SampleSettings | None = None,
                     video_path: str | os.PathLike | None = None, progress: bool = True,
-                    frames: tuple[int, int] | None = None, reference_frames: tuple[int, int] | None = None) -> dict:
+                    frames: tuple[int, int] | None = None, reference_frames: tuple[int, int] | None = None,
+                    timer: PhaseTimer | None = None) -> dict:
         """Dub ``clip`` with ``features`` (one row per output frame) and mux ``audio_path``; returns a report.
 
         ``frames``: the part [start, stop) of the clip to dub (default: all of it), e.g. the held-out end of
         a time split; ``reference_frames``: where the reference frame may come from (default: anywhere).
+        The report's ``phase_seconds`` says where the time went (``timer``: one that already holds earlier
+        phases of the same job).
         """
         settings = settings or SampleSettings()
+        timer = timer or PhaseTimer()
         order = self._order(clip, len(features), frames)
-        conditions = self._conditions(clip, order, features, settings)
+        conditions = self._conditions(clip, order, features, settings, timer)
         reference_index = self.reference_index(clip, int(order[0]), settings, reference_frames)
         reference = self._reference_latent(clip, reference_index)
         start = time.perf_counter()
         chunks = sample_lockstep(self.dit, self.scheduler, conditions, reference, steps=settings.steps,
                                  seed=settings.seed, chunk_size=settings.chunk_size, eta=settings.eta,
                                  device=self.device, progress=progress, desc=f"sampling {clip.name}")
-        crops = (crop for latents in chunks for crop in self._decode(latents))
-        written = self._write_video(clip, order, crops, conditions.mask, audio_path, output, settings, video_path)
+        crops = self._decoded_crops(timer.iterate("model", chunks), timer)
+        written = self._write_video(clip, order, crops, conditions.mask, audio_path, output, settings, video_path,
+                                    timer)
         seconds = time.perf_counter() - start
         return {"clip": clip.name, "output": str(output), "frames": written, "video_frames": len(clip),
                 "start_frame": int(order[0]), "ping_pong": bool(order.max() - order.min() + 1 < len(order)),
                 "reference_frame": reference_index, "steps": settings.steps, "seconds": round(seconds, 2),
-                "frames_per_second": round(written / seconds, 3), "watermark": settings.watermark_message}
+                "frames_per_second": round(written / seconds, 3), "watermark": settings.watermark_message,
+                **timer.report(written)}
 
     def paste_reference(self, clip: ProcessedClip, n_frames: int, audio_path: str | os.PathLike,
                         output: str | os.PathLike, settings: SampleSettings | None = None,
@@ -261,30 +270,39 @@ class DiTHeadPipeline:
         return start + driving_frame_order(stop - start, n_frames)
 
     def _conditions(self, clip: ProcessedClip, order: np.ndarray, features: np.ndarray,
-                    settings: SampleSettings) -> ClipConditions:
+                    settings: SampleSettings, timer: PhaseTimer | None = None) -> ClipConditions:
         return ClipConditions(clip, order, features, self.vq_masked, self.mask_kernel_size, self.mask_sigma,
                               self.device, self._autocast, getattr(self.dit.config, "audio_window", 11),
-                              mask_cache_size=2 * settings.chunk_size, mask_region=self.mask_region)
+                              mask_cache_size=2 * settings.chunk_size, mask_region=self.mask_region, timer=timer)
 
-    def _decode(self, latents: torch.Tensor) -> np.ndarray:
-        with self._autocast():
-            return tensor_to_image(decode_latents(self.vq_gt, latents).float())
+    def _decoded_crops(self, chunks: Iterator[torch.Tensor], timer: PhaseTimer) -> Iterator[np.ndarray]:
+        for latents in chunks:
+            with timer.phase("latent decode"), self._autocast():
+                images = tensor_to_image(decode_latents(self.vq_gt, latents).float())
+            yield from images
 
     def _write_video(self, clip: ProcessedClip, order: np.ndarray, crops: Iterator[np.ndarray],
                      mask: Callable[[int], np.ndarray], audio_path, output, settings: SampleSettings,
-                     video_path=None) -> int:
-        """Paste one crop per output frame into the source frames of ``order``, watermark, encode; returns frames."""
+                     video_path=None, timer: PhaseTimer | None = None) -> int:
+        """Paste one crop per output frame into the source frames of ``order``, watermark, encode; returns frames.
+
+        ``timer`` gets the phases decode, paste-back, watermark and encode (which includes muxing the audio).
+        """
+        timer = timer or PhaseTimer()
         video_path = Path(video_path or clip.meta["source"]["video"])
         bits = wm.message_bits(settings.watermark_message)
-        with tempfile.TemporaryDirectory() as work, \
+        with timer.phase("encode"), tempfile.TemporaryDirectory() as work, \
                 VideoWriter(output, self.fps, crf=settings.crf, audio=audio_path,
                             metadata=wm.provenance_tags(self.model_name, settings.watermark_message)) as writer:
-            frames = source_frames(video_path, order, self.fps, Path(work))
+            frames = timer.iterate("decode", source_frames(video_path, order, self.fps, Path(work)))
             written = 0
             for v, crop, frame in zip(order, crops, frames):
                 if clip.valid[v]:
-                    frame = paste_back(frame, crop, np.asarray(clip.boxes[v]), mask(int(v)))
-                writer.write(wm.embed(frame, bits, settings.watermark_strength))
+                    with timer.phase("paste-back"):
+                        frame = paste_back(frame, crop, np.asarray(clip.boxes[v]), mask(int(v)))
+                with timer.phase("watermark"):
+                    frame = wm.embed(frame, bits, settings.watermark_strength)
+                writer.write(frame)
                 written += 1
         return written
 
@@ -298,15 +316,18 @@ class DiTHeadPipeline:
             raise ValueError("this pipeline has no audio feature extractor: pass audio_features= "
                              "(see dithead.generate.audio_feature_extractor)")
         cfg = preprocess_config or PreprocessConfig(fps=self.fps, size=int(self.vq_gt.config.sample_size))
-        sound = load_audio(audio, cfg.sample_rate)          # AudioError names the file when unreadable
-        n_frames = int(np.floor(sound.duration * self.fps + 0.5))     # the driving audio sets the length
-        samples, _ = align_to_frames(sound.samples, n_frames, self.fps, cfg.sample_rate)
-        features = self.audio_features(samples, n_frames)
+        timer = PhaseTimer()
+        with timer.phase("audio features"):
+            sound = load_audio(audio, cfg.sample_rate)          # AudioError names the file when unreadable
+            n_frames = int(np.floor(sound.duration * self.fps + 0.5))     # the driving audio sets the length
+            samples, _ = align_to_frames(sound.samples, n_frames, self.fps, cfg.sample_rate)
+            features = self.audio_features(samples, n_frames)
         with tempfile.TemporaryDirectory() as work:
             # ClipSkipped (no face) and VideoError (unreadable) come out of here with the file named.
-            result = process_clip(video, work, cfg, audio=audio, name="input", progress=progress)
+            with timer.phase("preprocess"):
+                result = process_clip(video, work, cfg, audio=audio, name="input", progress=progress)
             return self.sample_clip(ProcessedClip(Path(work) / result.name), features, audio, output, settings,
-                                    video_path=video, progress=progress)
+                                    video_path=video, progress=progress, timer=timer)
 
 
 def audio_feature_extractor(encoder: str = "mel", fps: float = 25.0, sample_rate: int = 16000, n_mels: int = 80,

@@ -20,7 +20,7 @@ in memory), doubles the frame rate and keeps the audio.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
+
+from dithead.timing import PhaseTimer
 
 METHODS = ("auto", "rife", "flow")
 RIFE_FILE = "flownet.pkl"
@@ -252,6 +254,8 @@ class InterpolationReport:
     input_fps: float
     output_fps: float
     audio: bool
+    phase_seconds: dict = field(default_factory=dict)     # decode, interpolation, watermark, encode
+    non_model_frames_per_second: float | None = None     # output frames per second of all of them
 
 
 def interpolate_video(input_path: str | os.PathLike, output_path: str | os.PathLike, method: str = "auto",
@@ -282,18 +286,25 @@ def interpolate_video(input_path: str | os.PathLike, output_path: str | os.PathL
     tags.update(metadata or {})
     tags["interpolation"] = f"2x {interpolator.name}"
     n_in = 0
-    with VideoWriter(output_path, fps=2 * info.fps, crf=DEFAULT_CRF if crf is None else crf,
-                     audio=input_path if info.has_audio else None, metadata=tags) as writer:
+    timer = PhaseTimer()
+    with timer.phase("encode"), VideoWriter(output_path, fps=2 * info.fps, crf=DEFAULT_CRF if crf is None else crf,
+                                            audio=input_path if info.has_audio else None, metadata=tags) as writer:
         previous = None
-        for _, _, frame in tqdm(iter_source_frames(input_path), total=info.n_frames or None, unit="frame",
+        decoded = timer.iterate("decode", iter_source_frames(input_path))
+        for _, _, frame in tqdm(decoded, total=info.n_frames or None, unit="frame",
                                 desc=f"interpolating ({interpolator.name})", disable=not progress):
             if previous is not None:
                 writer.write(previous)
-                new = interpolator.middle(previous, frame)
-                writer.write(mark(new) if mark is not None else new)
+                with timer.phase("interpolation"):
+                    new = interpolator.middle(previous, frame)
+                if mark is not None:
+                    with timer.phase("watermark"):
+                        new = mark(new)
+                writer.write(new)
             previous = frame
             n_in += 1
         if previous is not None:
             writer.write(previous)
             writer.write(previous)
-    return InterpolationReport(interpolator.name, n_in, writer.n_frames, info.fps, 2 * info.fps, info.has_audio)
+    return InterpolationReport(interpolator.name, n_in, writer.n_frames, info.fps, 2 * info.fps, info.has_audio,
+                               **timer.report(writer.n_frames))

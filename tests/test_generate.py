@@ -57,6 +57,11 @@ def test_sample_clip_writes_dubbed_watermarked_video(processed_demo, models, tmp
     assert abs(audio_s - frames / FPS) <= 1 / FPS
     assert tags[wm.SYNTHETIC_TAG] == "true" and tags[wm.MODEL_TAG] == "DiT-Head"
     assert wm.detect_video(own)["watermarked"]
+    phases = report["phase_seconds"]
+    assert set(phases) == {"masking", "masked encode", "model", "latent decode", "decode", "paste-back",
+                           "watermark", "encode"}
+    assert all(s > 0 for s in phases.values())
+    assert sum(phases.values()) == pytest.approx(report["seconds"], rel=0.05)   # the phases cover the job
 
     # Driven by a longer audio (40 extra frames): the video plays back and forth to cover it.
     features = np.load(processed_demo / "data" / "features" / "astronaut_mirrored.npy")
@@ -127,6 +132,7 @@ def test_pipeline_call_on_a_raw_video_and_audio(demo_raw, models, tmp_path):
                   PreprocessConfig(size=64, smooth_frames=5, min_valid_frames=11), progress=False)
     frames, fps, audio_s, _ = probe(out)
     assert frames == report["frames"] and abs(audio_s - frames / FPS) <= 1 / FPS
+    assert {"audio features", "preprocess", "model", "encode"} <= set(report["phase_seconds"])
 
 
 def test_missing_model_directory_names_the_stage(tmp_path):
