@@ -82,7 +82,7 @@ def iter_source_frames(path: str | os.PathLike, threads: int = 1) -> Iterator[tu
     holds what the caller keeps. (decord's reader decodes ahead in a background
     thread with no bound: with a consumer slower than the decoder, as the
     sampler is, 600 frames of 1080x1920 HEVC took 2.3 GB, against 0.13 GB
-    here; bench/generate_memory.py measures `dithead generate`.) ``threads``: the decoder's threads; 1 by
+    here; bench/generate.py measures `dithead generate`.) ``threads``: the decoder's threads; 1 by
     default because clips are decoded in parallel by workers, beside
     mediapipe's and torch's own threads; 0 lets FFmpeg choose.
     """

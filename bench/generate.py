@@ -1,6 +1,6 @@
-"""Peak memory of `dithead generate` against the length of the input: a 1080p clip, then the same clip 4x.
+"""`dithead generate` end to end on a 1080p phone video: time per phase, and peak memory against length.
 
-    python bench/generate_memory.py --models models [--params params.yaml]
+    python bench/generate.py --models models [--params params.yaml]
         [--video ../shared/clips/demo1.mp4 --audio ../shared/clips/demo1_driving.wav]
         [--repeat 4] [--steps 5] [--interpolate]
 
@@ -10,6 +10,14 @@ The default input is a real phone video, 1080x1920 HEVC at 25 fps (10 s), with
 whose peak resident memory is read from the kernel (``RUSAGE_CHILDREN``).
 Target: long / short <= 1.2. Few sampling steps by default: memory does not
 depend on them, and the run stays short.
+
+Time per phase comes from generate's report (``--report``): decode,
+preprocess, audio features, masking, masked encode, model, latent decode,
+paste-back, watermark, interpolation, encode. The figure to watch is
+``non_model_frames_per_second``: output frames per second of everything but
+the networks, i.e. how fast generation could go with an infinitely fast
+sampler (target: >= 25 at 1080p; preprocessing runs once per video and is
+reported apart).
 
 ``--interpolate`` also runs the frame interpolation (what the `interpolate`
 stage runs); the `sample` stage runs the same ``DiTHeadPipeline.sample_clip``
@@ -50,11 +58,27 @@ def run_generate(video: Path, audio: Path, out: Path, args) -> dict:
                "--steps", str(args.steps)]
     if args.interpolate:
         command.append("--interpolate")
+    report_path = out.with_suffix(".json")
+    command += ["--report", str(report_path)]
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", PEAK_OF_CHILD, *command], capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"dithead generate failed:\n{done.stderr[-2000:]}")
-    return {"peak_mb": round(int(done.stdout.split()[-1]) / 1024, 1), "seconds": round(time.perf_counter() - start, 1)}
+    report = json.loads(report_path.read_text())
+    phases = {**report["phase_seconds"], **report.get("interpolation", {}).get("phase_seconds", {})}
+    frames = report["frames"] * (2 if args.interpolate else 1)
+    return {"peak_mb": round(int(done.stdout.split()[-1]) / 1024, 1), "seconds": round(time.perf_counter() - start, 1),
+            "output_frames": frames, "phase_seconds": phases,
+            "non_model_frames_per_second": non_model_rate(phases, frames)}
+
+
+def non_model_rate(phases: dict[str, float], frames: int) -> float:
+    """Output frames per second of the per-frame phases around the networks (preprocessing apart)."""
+    from dithead.timing import MODEL_PHASES
+
+    once = ("preprocess", "audio features")
+    seconds = sum(s for name, s in phases.items() if name not in MODEL_PHASES and name not in once)
+    return round(frames / seconds, 2)
 
 
 def main() -> None:
