@@ -1,5 +1,7 @@
 """The generation pipeline on the demo clips with tiny random models saved as the stages save them."""
 
+import types
+
 import av
 import cv2
 import numpy as np
@@ -175,3 +177,140 @@ def test_frame_masks_are_made_once_and_shared_by_encoding_and_paste_back(monkeyp
     assert len(made) < len(order) - 5                       # frame 5 and repeats at the turns come from the cache
     assert conditions.mask(5) is conditions.mask(4) and not conditions.mask(4).flags.writeable
     assert np.array_equal(conditions.mask(3), lower_face_mask(landmarks[3], (64, 64), 9, 2.0))
+
+
+class RecordingDiT:
+    """Stands in for the DiT: predicts zero noise and records what every call receives."""
+
+    def __init__(self):
+        import torch
+
+        self.anchor = torch.nn.Parameter(torch.zeros(()))        # the sampler reads dtype from the parameters
+        self.config = types.SimpleNamespace(audio_window=11)
+        self.calls = []
+
+    def parameters(self):
+        return iter([self.anchor])
+
+    def to(self, *args, **kwargs):
+        return self
+
+    def eval(self):
+        return self
+
+    def __call__(self, sample, masked, reference, audio, timestep):
+        import torch
+
+        self.calls.append({"masked": masked.clone(), "reference": reference.clone(), "audio": audio.clone(),
+                           "frames": len(sample)})
+        return types.SimpleNamespace(sample=torch.zeros_like(sample))
+
+
+class StandInVQ:
+    """Encodes by 4x average pooling (a latent that is a small copy of the image it saw);
+    decodes every latent to the same solid colour, so a pasted crop is easy to find."""
+
+    config = types.SimpleNamespace(scaling_factor=1.0, sample_size=64)
+
+    def __init__(self, colour=(1.0, -1.0, -1.0)):
+        self.colour = colour
+
+    def to(self, *args, **kwargs):
+        return self
+
+    def eval(self):
+        return self
+
+    def encode(self, images):
+        import torch.nn.functional as F
+
+        return types.SimpleNamespace(latents=F.avg_pool2d(images, 4))
+
+    def decode(self, latents):
+        import torch
+
+        colour = torch.tensor(self.colour).view(1, 3, 1, 1)
+        return types.SimpleNamespace(sample=colour.expand(len(latents), 3, 64, 64).clone())
+
+
+def test_each_frame_gets_its_own_conditions_and_its_crop_lands_in_its_mask(processed_demo, tmp_path, monkeypatch):
+    """Generation wiring: frame k is sampled from frame k's masked crop and audio window, with the reference
+    frame's latent; its crop is pasted inside its box and mask only; frames without a face pass through."""
+    import shutil
+
+    import torch
+
+    import dithead.generate as generate
+    from dithead.dit import make_noise_scheduler
+    from dithead.features import audio_windows
+    from dithead.mask import apply_mask
+    from dithead.sampling import make_scheduler
+    from dithead.store import ProcessedClip
+
+    source = next(c for c in list_clips(processed_demo / "data" / "processed") if c.name == "astronaut")
+    clip_dir = tmp_path / "astronaut"
+    shutil.copytree(source.directory, clip_dir)
+    valid = np.load(clip_dir / "valid.npy")
+    faceless = [7, 8, 30]
+    valid[faceless] = False                                 # as if the face were lost in these frames
+    np.save(clip_dir / "valid.npy", valid)
+    clip = ProcessedClip(clip_dir)
+    features = np.load(processed_demo / "data" / "features" / "astronaut.npy")
+
+    written = []
+
+    class FrameCollector:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def write(self, frame):
+            written.append(frame.copy())
+
+    monkeypatch.setattr(generate, "VideoWriter", FrameCollector)
+    monkeypatch.setattr(wm, "embed", lambda frame, bits, strength: frame)
+    dit = RecordingDiT()
+    pipe = DiTHeadPipeline(dit, make_scheduler("ddim", make_noise_scheduler().config), StandInVQ(), StandInVQ(),
+                           mask_kernel_size=9, mask_sigma=2.0)
+    steps, chunk = 2, 16
+    report = pipe.sample_clip(clip, features, clip.audio_path, tmp_path / "out.mp4",
+                              SampleSettings(steps=steps, chunk_size=chunk), progress=False)
+
+    n = len(clip)
+    assert report["frames"] == len(written) == n
+    # What the model received: per chunk, `steps` calls with that chunk's frames.
+    first_step = dit.calls[::steps]
+    assert [c["frames"] for c in first_step] == [min(chunk, n - s) for s in range(0, n, chunk)]
+    masked = torch.cat([c["masked"] for c in first_step])
+    audio = torch.cat([c["audio"] for c in first_step])
+    np.testing.assert_array_equal(audio.numpy(), audio_windows(features, np.arange(n), 11))
+    landmark_frame = nearest_valid(valid)
+    for k in (0, 8, 17, n - 1):
+        mask = lower_face_mask(clip.landmarks[landmark_frame[k]], (64, 64), 9, 2.0)
+        image = torch.from_numpy(apply_mask(clip.crop(k), mask)).permute(2, 0, 1)[None]
+        expected = torch.nn.functional.avg_pool2d(image.float() / 127.5 - 1, 4)
+        torch.testing.assert_close(masked[k:k + 1], expected)
+    reference = torch.from_numpy(clip.crop(report["reference_frame"])).permute(2, 0, 1)[None]
+    for call in dit.calls[:steps]:                            # the first frame sees the reference frame's latent
+        torch.testing.assert_close(call["reference"][:1], torch.nn.functional.avg_pool2d(reference / 127.5 - 1, 4))
+
+    # Where the crops landed.
+    src = [f.image for f, _ in zip(iter_frames(clip.meta["source"]["video"], FPS), range(n))]
+    for k in range(n):
+        changed = np.any(written[k] != src[k], axis=-1)
+        if k in faceless:
+            assert not changed.any(), f"frame {k} has no face and must pass through"
+            continue
+        x0, y0, x1, y1 = (int(round(v)) for v in clip.boxes[k])
+        inside = np.zeros_like(changed)
+        inside[max(y0, 0):y1, max(x0, 0):x1] = True
+        assert changed.any() and not (changed & ~inside).any(), f"frame {k}: pixels outside the crop box changed"
+        top = y0 + (y1 - y0) // 3
+        assert not changed[max(y0, 0):top].any(), f"frame {k}: the upper face (outside the mask) changed"
+        red = np.all(written[k] == (255, 0, 0), axis=-1)
+        assert red.sum() > 0.05 * (x1 - x0) * (y1 - y0), f"frame {k}: the crop is not pasted where the mask is full"
