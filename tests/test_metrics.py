@@ -76,6 +76,37 @@ def test_ssim_identical_is_one_and_constant_images_follow_the_luminance_term():
     assert ssim(np.full((32, 32, 3), 110, np.uint8), np.full((32, 32, 3), 100, np.uint8)) == pytest.approx(expected)
 
 
+def wang_ssim(x: np.ndarray, y: np.ndarray) -> float:
+    """SSIM as Wang et al. (2004) define it, written out: 11x11 Gaussian window (sigma 1.5), K1 = 0.01,
+    K2 = 0.03, L = 255, population (co)variances, the mean over valid windows and over channels."""
+    from scipy.ndimage import gaussian_filter
+
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    values = []
+    for ch in range(x.shape[-1]):
+        a, b = x[..., ch].astype(np.float64), y[..., ch].astype(np.float64)
+        blur = lambda img: gaussian_filter(img, 1.5, truncate=3.5)[5:-5, 5:-5]   # noqa: E731  (valid windows)
+        mu_a, mu_b = blur(a), blur(b)
+        var_a, var_b, cov = blur(a * a) - mu_a ** 2, blur(b * b) - mu_b ** 2, blur(a * b) - mu_a * mu_b
+        ssim_map = (2 * mu_a * mu_b + c1) * (2 * cov + c2) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+        values.append(ssim_map.mean())
+    return float(np.mean(values))
+
+
+def test_ssim_on_a_textured_pair_matches_the_definition():
+    """A textured image against a blurred, noisier copy: a wrong window, sigma, covariance or data range
+    moves the value by far more than the tolerance."""
+    import cv2
+
+    rng = np.random.default_rng(4)
+    gt = cv2.resize(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8), (96, 96), interpolation=cv2.INTER_CUBIC)
+    pred = np.clip(cv2.GaussianBlur(gt, (5, 5), 1.2).astype(np.float64) + rng.normal(0, 25, gt.shape), 0, 255)
+    pred = pred.round().astype(np.uint8)
+    expected = wang_ssim(pred, gt)
+    assert 0.3 < expected < 0.9                    # a pair where every term of SSIM matters
+    assert ssim(pred, gt) == pytest.approx(expected, abs=1e-6)   # sample covariance would move it by 3e-5
+
+
 def test_lmd_is_zero_for_identical_and_the_shift_for_shifted_landmarks():
     rng = np.random.default_rng(3)
     gt = rng.uniform(0, 64, (468, 2)).astype(np.float32)
