@@ -121,15 +121,6 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def clip_fingerprint(clip: ProcessedClip) -> str:
-    """SHA-256 of a clip's crop index and face flags (cheap, and changes whenever preprocessing does)."""
-    digest = hashlib.sha256()
-    for name in ("crops.idx.npy", "valid.npy"):
-        digest.update((clip.directory / name).read_bytes())
-    digest.update(str((clip.directory / "crops.bin").stat().st_size).encode())
-    return digest.hexdigest()
-
-
 def file_sha256(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -155,7 +146,7 @@ def precompute_latents(vq, clips: Sequence[ProcessedClip], cache_dir: str | os.P
     paths = {}
     for clip in tqdm(clips, desc="ground-truth latents", unit="clip", disable=not is_main):
         path, key_path = cache_dir / f"{clip.name}.npy", cache_dir / f"{clip.name}.json"
-        key = {"model": model_key, "clip": clip_fingerprint(clip)}
+        key = {"model": model_key, "clip": clip.fingerprint()}
         paths[clip.name] = path
         if path.is_file() and key_path.is_file() and json.loads(key_path.read_text(encoding="utf-8")) == key:
             continue

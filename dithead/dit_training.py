@@ -27,7 +27,7 @@ from diffusers.training_utils import EMAModel
 
 from dithead.datasets import tensor_to_image, valid_frames
 from dithead.dit import DIT_PRESETS, DiTHead, diffusion_loss, dit_config, make_noise_scheduler, masked_region_weight
-from dithead.dit_data import (DiTDataset, LazyArrays, MaskSettings, audio_feature_paths, clip_fingerprint,
+from dithead.dit_data import (DiTDataset, LazyArrays, MaskSettings, audio_feature_paths,
                               decode_latents, encode_latents, evenly_spaced, file_sha256, model_fingerprint,
                               precompute_latents)
 from dithead.fileio import atomic_path
@@ -312,7 +312,7 @@ def train_dit(clips: Sequence[ProcessedClip], config: DiTTrainingConfig, *, feat
 
     # A run resumes only from checkpoints of the same parameters, data and VQGAN weights.
     fingerprint = {"config": _fingerprint_config(config),
-                   "data": {clip.name: [clip_fingerprint(clip), file_sha256(data.train.features.paths[clip.name])]
+                   "data": {clip.name: [clip.fingerprint(), file_sha256(data.train.features.paths[clip.name])]
                             for clip in clips},
                    "vqgan": [model_fingerprint(vq_masked), model_fingerprint(vq_gt)]}
     checkpointer = Checkpointer(accelerator, checkpoint_dir, every=config.checkpoint_every,

@@ -128,6 +128,10 @@ class FrameRangeView:
             self._valid = valid
         return self._valid
 
+    def fingerprint(self) -> str:
+        """The clip's fingerprint over the frames this view shows (see ``ProcessedClip.fingerprint``)."""
+        return ProcessedClip.fingerprint(self)
+
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_valid": None}
 

@@ -9,6 +9,7 @@ codecs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -125,6 +126,18 @@ class ProcessedClip:
 
     def crops(self, indices) -> np.ndarray:
         return np.stack([self.store[int(i)] for i in indices])
+
+    def fingerprint(self) -> str:
+        """SHA-256 of what training reads from the clip: the crops (their index and total size), the
+        landmarks (the masks come from them) and which frames have a face. Re-preprocessing with other
+        crops or masks changes it even when the length stays the same; a checkpoint or latent cache made
+        from other data is then stale."""
+        digest = hashlib.sha256()
+        digest.update((self.directory / "crops.idx.npy").read_bytes())
+        digest.update(str((self.directory / "crops.bin").stat().st_size).encode())
+        digest.update((self.directory / "landmarks.npy").read_bytes())
+        digest.update(np.ascontiguousarray(self.valid, dtype=bool).tobytes())
+        return digest.hexdigest()
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_arrays": {}}

@@ -393,9 +393,8 @@ def train_vqgan(clips: Sequence[ProcessedClip], config: VQGANTrainingConfig, *, 
 
     trainer = VQGANTrainer(accelerator, config, image_size=size, perceptual=perceptual)
 
-    fingerprint = {"config": _fingerprint_config(config), "data": [[clip.name, len(clip)] for clip in clips]}
     checkpointer = Checkpointer(accelerator, checkpoint_dir, every=config.checkpoint_every,
-                                fingerprint=fingerprint, live_dir=live_dir)
+                                fingerprint=run_fingerprint(config, clips), live_dir=live_dir)
     start = checkpointer.resume(max_step=config.steps)
     live = make_live(accelerator, live_dir, resume=start > 0)
     batches = iter(make_dataloader(train_set, batch_size=config.batch_size, accelerator=accelerator,
@@ -459,6 +458,11 @@ def train_vqgan(clips: Sequence[ProcessedClip], config: VQGANTrainingConfig, *, 
 
 # How often the VQGAN stage validates and draws images: no effect on the weights.
 _BOOKKEEPING = {"eval_every", "image_every"}
+
+
+def run_fingerprint(config: VQGANTrainingConfig, clips: Sequence[ProcessedClip]) -> dict:
+    """What a checkpoint must have been trained with to be resumed: the params and the data itself."""
+    return {"config": _fingerprint_config(config), "data": {clip.name: clip.fingerprint() for clip in clips}}
 
 
 def _fingerprint_config(config: VQGANTrainingConfig) -> dict:

@@ -214,6 +214,36 @@ class FakeAccelerator:
         self.loaded.append(path)
 
 
+def test_run_fingerprint_covers_the_data_not_just_its_length(processed_demo, tmp_path):
+    """Re-preprocessing with other crops or other landmarks (masks) of the same length, or training on
+    another frame range, makes an interrupted run's checkpoints stale."""
+    import shutil
+
+    from dithead.split import FrameRangeView
+    from dithead.store import ProcessedClip
+    from dithead.vqgan import VQGANTrainingConfig, run_fingerprint
+
+    source = next(c for c in list_clips(processed_demo / "data" / "processed") if c.name == "astronaut")
+    shutil.copytree(source.directory, tmp_path / "astronaut")
+    clip = ProcessedClip(tmp_path / "astronaut")
+    config = VQGANTrainingConfig(masked=True)
+    base = run_fingerprint(config, [clip])
+    assert run_fingerprint(config, [ProcessedClip(tmp_path / "astronaut")]) == base          # the same data
+
+    landmarks = np.load(clip.directory / "landmarks.npy")
+    np.save(clip.directory / "landmarks.npy", landmarks + 1.0)                                # other masks
+    assert run_fingerprint(config, [ProcessedClip(clip.directory)]) != base
+    np.save(clip.directory / "landmarks.npy", landmarks)
+
+    index = np.load(clip.directory / "crops.idx.npy")
+    index[[0, 1]] = index[[1, 0]]                                                              # other crops
+    np.save(clip.directory / "crops.idx.npy", index)
+    assert run_fingerprint(config, [ProcessedClip(clip.directory)]) != base
+    shutil.copy(source.directory / "crops.idx.npy", clip.directory / "crops.idx.npy")
+
+    assert run_fingerprint(config, [FrameRangeView(clip, 0, len(clip) - 20)]) != base         # other frames
+
+
 def test_checkpointer_resumes_its_own_run_only(tmp_path):
     directory = tmp_path / "checkpoints"
     Checkpointer(FakeAccelerator(), directory, every=10, fingerprint={"lr": 1}).save(10)
