@@ -410,6 +410,30 @@ def test_dataset_item_is_frame_reference_masked_frame_and_audio(demo_data):
     assert any(int(a["reference_frame"]) != int(dataset[i]["reference_frame"]) for i, a in enumerate(later_epoch))
 
 
+def test_loader_workers_give_the_batches_of_the_main_process(demo_data):
+    """params default to 4 loader workers: clips (seen through a time split's frame range), crop stores and
+    memory-mapped arrays must cross to worker processes and give the same batches as without workers."""
+    from accelerate import Accelerator
+
+    from dithead.split import FrameRangeView
+    from dithead.training import make_dataloader
+
+    clips = [FrameRangeView(c, 0, len(c) - 30) for c in demo_data.clips]
+    rows = target_frames(clips, [c.name for c in clips])
+    dataset = DiTDataset(clips, rows, demo_data.latents, demo_data.features, mask=MaskSettings(9, 2.0, 2), seed=5)
+    batches = {}
+    for workers in (0, 2):
+        loader = make_dataloader(dataset, batch_size=4, accelerator=Accelerator(cpu=True), seed=1, start_step=3,
+                                 workers=workers)
+        batches[workers] = [batch for batch, _ in zip(loader, range(3))]
+    for single, parallel in zip(batches[0], batches[2]):
+        assert single.keys() == parallel.keys()
+        for name in single:
+            assert torch.equal(single[name], parallel[name]), name
+    frames = torch.cat([b["frame"] for b in batches[2]])
+    assert (frames < len(clips[0]) - 30).all()                       # the held-out end stays out
+
+
 def test_audio_features_must_exist_and_match_the_clip(demo_data, tmp_path):
     clips = demo_data.clips
     with pytest.raises(FileNotFoundError, match=rf"{clips[0].name}\.npy: no audio features"):

@@ -1,6 +1,7 @@
 """The generation pipeline on the demo clips with tiny random models saved as the stages save them."""
 
 import types
+from pathlib import Path
 
 import av
 import cv2
@@ -314,3 +315,49 @@ def test_each_frame_gets_its_own_conditions_and_its_crop_lands_in_its_mask(proce
         assert not changed[max(y0, 0):top].any(), f"frame {k}: the upper face (outside the mask) changed"
         red = np.all(written[k] == (255, 0, 0), axis=-1)
         assert red.sum() > 0.05 * (x1 - x0) * (y1 - y0), f"frame {k}: the crop is not pasted where the mask is full"
+
+
+def smoke_params(tmp_path):
+    """params.yaml defaults + the smoke profile (64x64 crops, 32 mel bins: what the tiny models expect)."""
+    import yaml
+
+    from dithead.params import load_params
+
+    repo = Path(__file__).resolve().parents[1]
+    params = load_params(repo / "params.yaml")
+    for section, values in yaml.safe_load((repo / "profiles" / "smoke.yaml").read_text()).items():
+        params[section] = {**params[section], **values} if isinstance(values, dict) else values
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+@pytest.mark.slow
+def test_generate_command_end_to_end(demo_raw, models, tmp_path, capsys):
+    """`dithead generate` as a user runs it: a video, other speech, the models; a marked video as long as the
+    speech, and a report with the time per phase. A bad input names the file and leaves no output behind."""
+    import json
+
+    import soundfile as sf
+
+    from dithead.cli import main
+
+    params = smoke_params(tmp_path)
+    out, report = tmp_path / "dubbed.mp4", tmp_path / "report.json"
+    speech = demo_raw / "astronaut_mirrored.wav"
+    args = ["generate", "--video", str(demo_raw / "astronaut.mp4"), "--audio", str(speech), "--out", str(out),
+            "--models", str(models), "--params", str(params), "--steps", "1"]
+    assert main(args + ["--report", str(report)]) == 0
+    frames, fps, audio_s, tags = probe(out)
+    assert fps == FPS and frames == round(sf.info(speech).duration * FPS)
+    assert tags[wm.SYNTHETIC_TAG] == "true" and wm.detect_video(out)["watermarked"]
+    written = json.loads(report.read_text())
+    assert written["frames"] == frames and {"preprocess", "model", "encode"} <= set(written["phase_seconds"])
+    assert "time per phase:" in capsys.readouterr().out
+
+    missing = tmp_path / "nobody.mp4"
+    failed_out = tmp_path / "failed.mp4"
+    assert main(["generate", "--video", str(missing), "--audio", str(speech), "--out", str(failed_out),
+                 "--models", str(models), "--params", str(params)]) == 1
+    assert str(missing) in capsys.readouterr().err
+    assert not failed_out.exists() and list(tmp_path.glob("failed*")) == []

@@ -271,3 +271,43 @@ def test_decoding_memory_does_not_grow_with_video_length(tmp_path):
         peaks[frames] = int(done.stdout.split()[-1])
     # 180 more frames of 640x360 RGB held in memory would add 124 MB to a ~100 MB process.
     assert peaks[240] <= 1.2 * peaks[60], peaks
+
+
+def test_preprocess_and_features_commands_end_to_end(demo_raw, tmp_path, capsys):
+    """`dithead preprocess` then `dithead features` on one video, as the README shows; a file that is not a
+    video is refused with its name."""
+    from dithead.cli import main
+
+    out = tmp_path / "processed"
+    assert main(["preprocess", str(demo_raw / "astronaut.mp4"), "--out", str(out), "--size", "64",
+                 "--smooth-frames", "5"]) == 0
+    clip = ProcessedClip(out / "astronaut")
+    assert clip.meta["size"] == 64 and len(clip) == clip.meta["n_frames"] > 0
+    assert clip.crop(0).shape == (64, 64, 3) and np.asarray(clip.valid).mean() > 0.9
+    assert main(["features", str(clip.directory), "--encoder", "mel", "--n-mels", "32"]) == 0
+    features = np.load(clip.directory / "features.npy")
+    assert features.shape == (len(clip), 32) and np.isfinite(features).all() and features.std() > 0
+
+    not_a_video = tmp_path / "notes.mp4"
+    not_a_video.write_text("hello")
+    assert main(["preprocess", str(not_a_video), "--out", str(out)]) == 1
+    assert str(not_a_video) in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["astronaut"]          # nothing half-written beside it
+
+
+def test_png_crop_store_is_lossless_with_random_access(tmp_path):
+    """Ping-pong generation stores full frames as PNG and reads them back out of order: exactly."""
+    from dithead.store import CropStore, CropStoreWriter
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (37, 53, 3), dtype=np.uint8) for _ in range(12)]
+    for codec in ("png", "jpg"):
+        with CropStoreWriter(tmp_path / codec, codec=codec) as writer:
+            for frame in frames:
+                writer.append(frame)
+        store = CropStore(tmp_path / codec)
+        assert len(store) == len(frames)
+        exact = [np.array_equal(store[i], frames[i]) for i in (11, 0, 5, 5, 3, 10)]
+        assert all(exact) if codec == "png" else not any(exact)      # JPEG, the training crops' codec, is lossy
+    with pytest.raises(ValueError, match="'webp'"):
+        CropStoreWriter(tmp_path / "webp", codec="webp")
