@@ -12,9 +12,9 @@ setup: $(VENV)/.installed
 
 # torch comes from requirements.txt as the CPU build (torch==2.13.0); on a GPU
 # machine install your CUDA torch into the venv first (README, "GPU install").
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q -r requirements-dev.txt
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 

