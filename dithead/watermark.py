@@ -122,18 +122,18 @@ def _layout(n_bits: int, key: int) -> tuple[np.ndarray, np.ndarray]:
     return bit_of_slot, dither
 
 
-def _luma(frame: np.ndarray) -> np.ndarray:
-    return frame.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
-def _prefiltered(luma: np.ndarray) -> np.ndarray:
-    """The luma at 2·GRID × 2·GRID (area-averaged when shrinking): the source of every canonical resampling."""
+def _prefiltered(image: np.ndarray) -> np.ndarray:
+    """An RGB uint8 frame's luma, or a float change of it, at 2·GRID × 2·GRID (area-averaged when
+    shrinking): the source of every canonical resampling. Linear in a float ``image``."""
     import cv2
 
-    h, w = luma.shape
+    if image.ndim == 3:
+        # BT.601 luma in integers (OpenCV's fixed point): the rounding averages out over a block.
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    h, w = image.shape
     size = 2 * GRID
     interpolation = cv2.INTER_AREA if h >= size and w >= size else cv2.INTER_LINEAR
-    return cv2.resize(luma, (size, size), interpolation=interpolation)
+    return cv2.resize(image.astype(np.float32), (size, size), interpolation=interpolation)
 
 
 def _canonical(pre: np.ndarray, crop: float = 0.0) -> np.ndarray:
@@ -184,23 +184,27 @@ def embed(frame: np.ndarray, bits: np.ndarray | None = None, strength: float = D
 
     bits = message_bits() if bits is None else np.asarray(bits, dtype=np.uint8)
     _check_frame(frame)
+    frame = np.ascontiguousarray(frame)
     h, w = frame.shape[:2]
-    luma = _luma(frame)
     bit_of_slot, dither = _layout(len(bits), key)
     offset = (dither + 0.5 * bits[bit_of_slot]) * strength
-    coeffs = _block_coefficients(_canonical(_prefiltered(luma)))
+    host = _prefiltered(frame)
+    coeffs = _block_coefficients(_canonical(host))
     target = np.round((coeffs - offset) / strength) * strength + offset
-    change = np.zeros((h, w), np.float32)
-    # Two passes: the second corrects what upsampling the change and reading it back lost.
-    for _ in range(2):
-        step = _pixels_from_coefficients(target - coeffs).astype(np.float32)
-        change += cv2.resize(step, (w, h), interpolation=cv2.INTER_LINEAR)
-        coeffs = _block_coefficients(_canonical(_prefiltered(luma + change)))
+    # The change is made on the canonical grid and upsampled; a second pass corrects what
+    # upsampling and reading it back lost (reading is linear: host + change read separately).
+    step = _pixels_from_coefficients(target - coeffs).astype(np.float32)
+    change = cv2.resize(step, (w, h), interpolation=cv2.INTER_LINEAR)
+    read = _block_coefficients(_canonical(host + _prefiltered(change)))
+    step = _pixels_from_coefficients(target - read).astype(np.float32)
+    change += cv2.resize(step, (w, h), interpolation=cv2.INTER_LINEAR)
     # Rounding a smooth change of about one grey level would bias it; rounding with
     # a keyed dither is unbiased, so the block averages keep the intended values.
-    change = np.floor(change + _rounding_dither(h, w, key)).astype(np.int16)
-    out = frame.astype(np.int16) + change[..., None]
-    return np.clip(out, 0, 255, out=out).astype(np.uint8)
+    change = np.floor(change + _rounding_dither(h, w, key))
+    # Saturating uint8 adds of the positive and negative parts, the same in R, G and B.
+    up = cv2.merge([np.clip(change, 0, 255).astype(np.uint8)] * 3)
+    down = cv2.merge([np.clip(-change, 0, 255).astype(np.uint8)] * 3)
+    return cv2.subtract(cv2.add(frame, up), down)
 
 
 def marker(message: str = DEFAULT_MESSAGE, strength: float = DEFAULT_STRENGTH,
@@ -224,7 +228,7 @@ def bit_votes(frame: np.ndarray, n_bits: int = 64, strength: float = DEFAULT_STR
     """Soft vote per bit, summed over the slots inside the picture: > 0 means 0, < 0 means 1."""
     _check_frame(frame)
     bit_of_slot, dither = _layout(n_bits, key)
-    phase = _slot_phases(_prefiltered(_luma(frame)), crop, strength, dither)
+    phase = _slot_phases(_prefiltered(frame), crop, strength, dither)
     inside = _inside(float(crop))
     return np.bincount(bit_of_slot[inside].ravel(), weights=np.cos(2 * np.pi * phase[inside]).ravel(),
                        minlength=n_bits)
@@ -245,42 +249,54 @@ class Detection:
         return self.bit_accuracy >= self.threshold
 
 
+def read_frame(frame: np.ndarray, n_bits: int = 64, strength: float = DEFAULT_STRENGTH, key: int = DEFAULT_KEY,
+               crops=None) -> tuple[np.ndarray, np.ndarray]:
+    """One frame read at each centred crop: soft votes (len(crops), n_bits) and lattice fits (len(crops),)."""
+    _check_frame(frame)
+    crops = crop_candidates() if crops is None else np.asarray(crops, dtype=np.float64)
+    bit_of_slot, dither = _layout(n_bits, key)
+    pre = _prefiltered(frame)
+    votes, fits = np.empty((len(crops), n_bits)), np.empty(len(crops))
+    for i, crop in enumerate(crops):
+        inside = _inside(float(crop))
+        phase = _slot_phases(pre, float(crop), strength, dither)[inside].ravel()
+        votes[i] = np.bincount(bit_of_slot[inside].ravel(), weights=np.cos(2 * np.pi * phase), minlength=n_bits)
+        fits[i] = np.mean(np.cos(4 * np.pi * phase))
+    return votes, fits
+
+
+def decide(readings, bits: np.ndarray | None = None, crops=None) -> Detection:
+    """Pool ``read_frame`` results of several frames into one decision (see ``detect_frames``)."""
+    bits = message_bits() if bits is None else np.asarray(bits, dtype=np.uint8)
+    crops = crop_candidates() if crops is None else np.asarray(crops, dtype=np.float64)
+    readings = list(readings)
+    if not readings:
+        raise ValueError("no frames to detect a watermark in")
+    totals = np.sum([votes for votes, _ in readings], axis=0)
+    fits = np.mean([fit for _, fit in readings], axis=0)
+    # Read at the uncropped layout and at the crops that fit best; keep the reading that matches
+    # the message best. Choosing among these few multiplies the false-positive rate by at most 4.
+    tried = set(np.argsort(-fits)[:READ_TOP_CROPS].tolist()) | set(np.flatnonzero(crops == 0).tolist())
+    best = max(sorted(tried), key=lambda i: (np.mean((totals[i] < 0) == bits), fits[i]))
+    decoded = (totals[best] < 0).astype(np.uint8)
+    accuracies = [float(np.mean((votes[best] < 0) == bits)) for votes, _ in readings]
+    return Detection(float(np.mean(decoded == bits)), decoded, bits_to_text(decoded), accuracies,
+                     crop=float(crops[best]), lattice_fit=float(fits[best]))
+
+
 def detect_frames(frames, bits: np.ndarray | None = None, strength: float = DEFAULT_STRENGTH,
                   key: int = DEFAULT_KEY, crops=None) -> Detection:
     """Decode the mark from an iterable of RGB frames and compare it with ``bits``.
 
     ``crops``: the centred crop fractions to try (default ``crop_candidates()``;
     ``[0.0]`` reads the frames as uncropped). The crop is chosen once for all
-    frames, by how well their coefficients fit the lattices, not by the message.
+    frames: the message is read at crop 0 and at the ``READ_TOP_CROPS`` crops
+    whose slots lie closest to the lattices (a statistic that ignores the
+    message), and the best of those few readings counts.
     """
     bits = message_bits() if bits is None else np.asarray(bits, dtype=np.uint8)
     crops = crop_candidates() if crops is None else np.asarray(crops, dtype=np.float64)
-    bit_of_slot, dither = _layout(len(bits), key)
-    masks = [_inside(float(c)) for c in crops]
-    totals = np.zeros((len(crops), len(bits)))
-    fits = np.zeros(len(crops))
-    per_frame = []                     # (crops, bits) votes of each frame
-    for frame in frames:
-        _check_frame(frame)
-        pre = _prefiltered(_luma(frame))
-        votes = np.empty((len(crops), len(bits)))
-        for i, (crop, inside) in enumerate(zip(crops, masks)):
-            phase = _slot_phases(pre, float(crop), strength, dither)[inside].ravel()
-            votes[i] = np.bincount(bit_of_slot[inside].ravel(), weights=np.cos(2 * np.pi * phase),
-                                   minlength=len(bits))
-            fits[i] += np.mean(np.cos(4 * np.pi * phase))
-        totals += votes
-        per_frame.append(votes)
-    if not per_frame:
-        raise ValueError("no frames to detect a watermark in")
-    # Read at the uncropped layout and at the crops that fit best; keep the reading that matches
-    # the message best. Choosing among these few multiplies the false-positive rate by at most 4.
-    tried = set(np.argsort(-fits)[:READ_TOP_CROPS].tolist()) | set(np.flatnonzero(crops == 0).tolist())
-    best = max(sorted(tried), key=lambda i: (np.mean((totals[i] < 0) == bits), fits[i]))
-    decoded = (totals[best] < 0).astype(np.uint8)
-    accuracies = [float(np.mean((v[best] < 0) == bits)) for v in per_frame]
-    return Detection(float(np.mean(decoded == bits)), decoded, bits_to_text(decoded), accuracies,
-                     crop=float(crops[best]), lattice_fit=float(fits[best] / len(per_frame)))
+    return decide((read_frame(frame, len(bits), strength, key, crops) for frame in frames), bits, crops)
 
 
 def detect(frames, bits: np.ndarray | None = None, strength: float = DEFAULT_STRENGTH,
