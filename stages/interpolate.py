@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict
-from functools import partial
 from pathlib import Path
 
 from dithead import watermark
@@ -27,8 +26,8 @@ OUTPUT = Path("outputs/interpolated")
 def main() -> int:
     params = load_params()
     p, mark_params = params["interpolate"], params["sample"]["watermark"]
-    mark = partial(watermark.embed, bits=watermark.message_bits(mark_params["message"]),
-                   strength=mark_params["strength"])
+    # Every in-between frame gets the mark the sampled frames carry (theirs is kept through the re-encode).
+    mark = watermark.marker(mark_params["message"], mark_params["strength"])
     videos = sorted(SAMPLES.rglob("*.mp4"))
     if not videos:
         raise SystemExit(f"interpolate: no videos in {SAMPLES} (run the sample stage first)")

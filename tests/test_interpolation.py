@@ -141,7 +141,7 @@ def test_stage_loads_rife_once_for_all_videos(tmp_path, monkeypatch, rife_weight
     samples = tmp_path / "outputs" / "samples"
     for name in ("a/one.mp4", "b/two.mp4"):
         (samples / name).parent.mkdir(parents=True)
-        # 128x128: the smallest frame the provenance watermark fits in
+        # small frames keep the test fast (the watermark needs at least 32 px a side)
         write_video(samples / name, (cv2.resize(scene(k), (128, 128)) for k in range(3)), fps=25)
     write_stage_params(tmp_path, "rife", rife_weights[0])
     loads = []

@@ -13,7 +13,8 @@ import pytest
 
 from conftest import copy_project, run_cli
 from dithead.store import list_clips
-from dithead.watermark import detect_video
+from dithead.video import iter_source_frames
+from dithead.watermark import DETECTION_THRESHOLD, detect_frames, detect_video
 
 pytestmark = pytest.mark.slow
 
@@ -88,8 +89,12 @@ def test_sampled_and_interpolated_videos_play(smoke_project):
         assert abs(facts["audio_seconds"] - facts["frames"] / 25) <= 1 / 25 + 0.03   # AAC priming tolerance
         assert facts["tags"].get("synthetic") == "true"
         assert detect_video(video)["watermarked"]
-        doubled = video_facts(smoke_project / "outputs" / "interpolated" / video.relative_to(samples))
+        interpolated = smoke_project / "outputs" / "interpolated" / video.relative_to(samples)
+        doubled = video_facts(interpolated)
         assert doubled["frames"] == 200 and doubled["fps"] == 50
+        # Frame by frame, not only the pooled vote: the in-between frames carry the mark too.
+        frames = [img for _, _, img in iter_source_frames(interpolated)]
+        assert min(detect_frames(frames, crops=[0.0]).frame_accuracies) >= DETECTION_THRESHOLD
         assert abs(doubled["audio_seconds"] - facts["frames"] / 25) <= 1 / 25 + 0.03
 
 
