@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from dithead.audio import write_wav
-from dithead.generate import DiTHeadPipeline, SampleSettings
-from dithead.metrics.video import EvalConfig, Evaluator
+from dithead.data.audio import write_wav
+from dithead.inference.pipeline import DiTHeadPipeline, SampleSettings
+from dithead.metrics.evaluation import EvalConfig, Evaluator
 from dithead.params import load_params
-from dithead.store import ProcessedClip
+from dithead.data.store import ProcessedClip
 
 COLUMNS = ("mouth_open_r", "av_offset", "mouth_open_std_ratio", "mouth_psnr", "lmd", "psnr")
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from dithead.device import default_device
 from dithead.fileio import atomic_path, write_json
-from dithead.metrics.video import EvalConfig, EvaluationError, evaluate_samples
+from dithead.metrics.evaluation import EvalConfig, EvaluationError, evaluate_samples
 from dithead.params import load_params
 
 SAMPLES = Path("outputs/samples")

@@ -10,10 +10,10 @@ import soundfile as sf
 from tqdm import tqdm
 
 from dithead.device import default_device
-from dithead.features import FeatureModelError, frame_features, load_wav2vec2
+from dithead.data.audio_features import FeatureModelError, frame_features, load_wav2vec2
 from dithead.fileio import atomic_path, write_json
 from dithead.params import load_params
-from dithead.store import list_clips
+from dithead.data.store import list_clips
 
 PROCESSED = Path("data/processed")
 FEATURES = Path("data/features")

@@ -12,13 +12,13 @@ from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
-from dithead import watermark
+from dithead.inference import watermark
 from dithead.device import default_device
-from dithead.encode import EncodeError
+from dithead.inference.video_writer import EncodeError
 from dithead.fileio import atomic_path, write_json
-from dithead.interpolation import WeightsError, interpolate_video, make_interpolator
+from dithead.inference.interpolation import WeightsError, interpolate_video, make_interpolator
 from dithead.params import load_params
-from dithead.video import VideoError
+from dithead.data.video_reader import VideoError
 
 SAMPLES = Path("outputs/samples")
 OUTPUT = Path("outputs/interpolated")

@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 
 from dithead.params import load_params
-from dithead.preprocess import PreprocessConfig, process_dir, report
-from dithead.preview import mask_preview, save_png
+from dithead.data.preprocess import PreprocessConfig, process_dir, report
+from dithead.data.mask_preview import mask_preview, save_png
 from dithead.fileio import atomic_path, write_json
-from dithead.store import list_clips
+from dithead.data.store import list_clips
 
 PROCESSED = Path("data/processed")
 REPORT = Path("metrics/preprocess.json")

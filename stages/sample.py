@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from dithead.audio import write_wav
+from dithead.data.audio import write_wav
 from dithead.device import default_device
 from dithead.fileio import atomic_path, write_json
-from dithead.generate import DiTHeadPipeline, ModelDirectoryError, SampleSettings, audio_feature_extractor
+from dithead.inference.pipeline import DiTHeadPipeline, ModelDirectoryError, SampleSettings, audio_feature_extractor
 from dithead.params import load_params
-from dithead.store import ProcessedClip
-from dithead.video import VideoError
+from dithead.data.store import ProcessedClip
+from dithead.data.video_reader import VideoError
 
 PROCESSED = Path("data/processed")
 FEATURES = Path("data/features")

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from diffusers import VQModel
 
-from dithead.dit_training import DiTTrainingConfig, train_dit
+from dithead.training.train_dit import DiTTrainingConfig, train_dit
 from dithead.params import load_params
-from dithead.store import list_clips
-from dithead.training import TrainingInterrupted
+from dithead.data.store import list_clips
+from dithead.training.run import TrainingInterrupted
 
 STAGE = "train_dit"
 PROCESSED = Path("data/processed")

@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 
 from dithead.params import load_params
-from dithead.split import make_split, training_clips
-from dithead.store import list_clips
-from dithead.training import TrainingInterrupted
-from dithead.vqgan import VQGANTrainingConfig, train_vqgan
+from dithead.training.split import make_split, training_clips
+from dithead.data.store import list_clips
+from dithead.training.run import TrainingInterrupted
+from dithead.training.train_vqgan import VQGANTrainingConfig, train_vqgan
 
 PROCESSED = Path("data/processed")
 
@@ -45,7 +45,7 @@ def load_perceptual(params: dict, config: VQGANTrainingConfig):
     """The LPIPS network when the loss uses it; a missing weight file stops the stage before training."""
     if config.perceptual_weight <= 0:
         return None
-    from dithead.lpips import LPIPS
+    from dithead.models.lpips import LPIPS
     from dithead.metrics.weights import MissingWeightsError, WeightsFormatError
 
     weights = params.get("weights") or {}

@@ -5,12 +5,12 @@ import cv2
 import numpy as np
 import pytest
 
-from dithead import watermark as wm
-from dithead.face import nearest_valid
-from dithead.generate import DiTHeadPipeline, ModelDirectoryError, SampleSettings, audio_feature_extractor
-from dithead.mask import lower_face_mask
-from dithead.store import list_clips
-from dithead.video import iter_frames
+from dithead.inference import watermark as wm
+from dithead.data.face import nearest_valid
+from dithead.inference.pipeline import DiTHeadPipeline, ModelDirectoryError, SampleSettings, audio_feature_extractor
+from dithead.data.mask import lower_face_mask
+from dithead.data.store import list_clips
+from dithead.data.video_reader import iter_frames
 
 FPS = 25
 
@@ -20,8 +20,8 @@ def models(tmp_path_factory):
     """models/{dit (+ ema/, scheduler/), vqgan_masked, vqgan_gt} with tiny random weights (64x64 crops, f = 4)."""
     import torch
 
-    from dithead.dit import DiTHead, make_noise_scheduler
-    from dithead.vqgan import build_vqmodel
+    from dithead.models.dit import DiTHead, make_noise_scheduler
+    from dithead.models.vqgan import build_vqmodel
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("models")
@@ -118,7 +118,7 @@ def test_reference_copy_pastes_the_reference_crop_in_every_frame(processed_demo,
 
 @pytest.mark.slow
 def test_pipeline_call_on_a_raw_video_and_audio(demo_raw, models, tmp_path):
-    from dithead.preprocess import PreprocessConfig
+    from dithead.data.preprocess import PreprocessConfig
 
     pipe = DiTHeadPipeline.from_pretrained(models, device="cpu", mask_kernel_size=9, mask_sigma=2.0,
                                            audio_features=audio_feature_extractor("mel", FPS, n_mels=32))
@@ -144,9 +144,9 @@ def test_frame_masks_are_made_once_and_shared_by_encoding_and_paste_back(monkeyp
 
     import torch
 
-    import dithead.generate as generate
-    from dithead.mask import lower_face_mask
-    from dithead.sampling import driving_frame_order
+    import dithead.inference.pipeline as generate
+    from dithead.data.mask import lower_face_mask
+    from dithead.inference.sampling import driving_frame_order
 
     n, chunk = 12, 4
     rng = np.random.default_rng(0)

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from dithead.audio import load_audio
-from dithead.demo import CLIPS, clip_frames, speech_like, write_video
-from dithead.face import BoxSmoother, TrackedFrame
-from dithead.preprocess import PreprocessConfig, process_dir, report
-from dithead.store import ProcessedClip, list_clips
-from dithead.video import iter_frames
+from dithead.data.audio import load_audio
+from dithead.data.demo_clips import CLIPS, clip_frames, speech_like, write_video
+from dithead.data.face import BoxSmoother, TrackedFrame
+from dithead.data.preprocess import PreprocessConfig, process_dir, report
+from dithead.data.store import ProcessedClip, list_clips
+from dithead.data.video_reader import iter_frames
 
 FPS = 30
 CFG = PreprocessConfig(size=64, smooth_frames=5, min_valid_frames=11)
@@ -216,14 +216,14 @@ def test_box_smoother_averages_valid_neighbours_in_order():
 
 
 def test_identity_comes_from_the_name_prefix():
-    from dithead.preprocess import clip_identity
+    from dithead.data.preprocess import clip_identity
 
     assert clip_identity("WRA_Obama__03") == "WRA_Obama"
     assert clip_identity("astronaut") == "astronaut"
 
 
 def test_rotated_phone_video_is_decoded_upright(tmp_path, monkeypatch):
-    import dithead.video as video
+    import dithead.data.video_reader as video
 
     path = tmp_path / "phone.mp4"
     with av.open(str(path), "w") as container:

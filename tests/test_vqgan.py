@@ -20,12 +20,12 @@ from diffusers import VQModel
 from safetensors.torch import load_file
 
 from conftest import run_until_sigkill, sigterm_self_when
-from dithead.datasets import FrameDataset, split_frames
-from dithead.store import list_clips
+from dithead.training.vqgan_data import FrameDataset, split_frames
+from dithead.data.store import list_clips
 from dithead.metrics.image import psnr, ssim
-from dithead.training import Checkpointer, GracefulStop, StepSampler
-from dithead.vqgan import (LossWeights, NLayerDiscriminator, VQAutoencoder, build_vqmodel, downsample_factor,
-                           generator_loss, reconstruction_metrics)
+from dithead.training.run import Checkpointer, GracefulStop, StepSampler
+from dithead.training.train_vqgan import LossWeights, generator_loss, reconstruction_metrics
+from dithead.models.vqgan import NLayerDiscriminator, VQAutoencoder, build_vqmodel, downsample_factor
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE = REPO / "stages" / "train_vqgan.py"
@@ -304,7 +304,7 @@ def test_perceptual_loss_without_lpips_weights_fails_before_training(processed_d
     workdir = make_workdir(tmp_path / "no_lpips", processed_demo, perceptual_weight=0.5)
     with pytest.raises(SystemExit, match=r"vqgan.perceptual_weight is 0.5.*weights.lpips_backbone is empty"):
         run_stage(workdir, monkeypatch)
-    from dithead.lpips import random_checkpoints
+    from dithead.models.lpips import random_checkpoints
 
     params = yaml.safe_load((workdir / "params.yaml").read_text())
     params["weights"].update(lpips_backbone=str(tmp_path / "alexnet.pth"), lpips_linear=str(tmp_path / "missing.pth"))
@@ -316,7 +316,7 @@ def test_perceptual_loss_without_lpips_weights_fails_before_training(processed_d
 
 
 def test_perceptual_loss_runs_with_a_random_lpips_backbone(processed_demo, tmp_path, monkeypatch):
-    from dithead.lpips import random_checkpoints
+    from dithead.models.lpips import random_checkpoints
 
     backbone, linear = random_checkpoints(seed=0)
     torch.save(backbone, tmp_path / "alexnet.pth")

@@ -4,9 +4,9 @@ import av
 import numpy as np
 import pytest
 
-from dithead import watermark as wm
-from dithead.encode import DEFAULT_CRF, write_video
-from dithead.video import iter_source_frames
+from dithead.inference import watermark as wm
+from dithead.inference.video_writer import DEFAULT_CRF, write_video
+from dithead.data.video_reader import iter_source_frames
 
 N_FRAMES, SIZE = 20, 128
 
@@ -83,7 +83,7 @@ def test_video_report_reads_mark_and_provenance_tags(clips):
 
 
 def test_video_report_with_max_frames_decodes_only_those(clips, monkeypatch):
-    import dithead.video
+    import dithead.data.video_reader
 
     _, _, paths = clips
     decoded = []
@@ -93,7 +93,7 @@ def test_video_report_with_max_frames_decodes_only_those(clips, monkeypatch):
             decoded.append(item[0])
             yield item
 
-    monkeypatch.setattr(dithead.video, "iter_source_frames", counting_frames)
+    monkeypatch.setattr(dithead.data.video_reader, "iter_source_frames", counting_frames)
     report = wm.detect_video(paths["marked"], max_frames=5)
     assert report["frames"] == 5 and report["watermarked"]
     assert decoded == [0, 1, 2, 3, 4]                      # decoding stops there, not at the end of the video

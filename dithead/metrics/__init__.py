@@ -9,7 +9,7 @@ Submodules, imported on use so that importing one metric does not load the other
 - ``video``: :func:`evaluate_videos`, every metric on a pair of videos
 - ``weights``: loading pretrained checkpoints from configured paths
 
-LPIPS lives in :mod:`dithead.lpips` (also used as a training loss).
+LPIPS lives in :mod:`dithead.models.lpips` (also used as a training loss).
 """
 
 from dithead.metrics.weights import MissingWeightsError, WeightsFormatError

@@ -1,10 +1,10 @@
 """Training of the DiT (paper 3.3, 3.6) with the frozen VQGAN encoders.
 
-Diffusion as in ADM (``dithead.dit.make_noise_scheduler``), epsilon
+Diffusion as in ADM (``dithead.models.dit.make_noise_scheduler``), epsilon
 prediction and MSE, AdamW at a constant learning rate, an EMA of the weights
 (diffusers ``EMAModel``). Distributed training and mixed precision are
 ``accelerate``'s; checkpoints, resume, signals and logging are
-``dithead.training``'s, as for the VQGANs.
+``dithead.training.run``'s, as for the VQGANs.
 
 The output directory holds the raw weights (``save_pretrained``), the EMA
 weights in ``ema/``, the training noise schedule in ``scheduler/`` and the
@@ -25,15 +25,17 @@ import torch
 from diffusers import DDIMScheduler, VQModel
 from diffusers.training_utils import EMAModel
 
-from dithead.datasets import tensor_to_image, valid_frames
-from dithead.dit import DIT_PRESETS, DiTHead, diffusion_loss, dit_config, make_noise_scheduler, masked_region_weight
-from dithead.dit_data import (DiTDataset, LazyArrays, MaskSettings, audio_feature_paths, clip_fingerprint,
-                              decode_latents, encode_latents, evenly_spaced, file_sha256, model_fingerprint,
-                              precompute_latents)
+from dithead.models.latents import tensor_to_image
+from dithead.training.split import valid_frames
+from dithead.models.dit import DIT_PRESETS, DiTHead, diffusion_loss, dit_config, make_noise_scheduler, masked_region_weight
+from dithead.training.dit_data import (DiTDataset, LazyArrays, audio_feature_paths, clip_fingerprint, evenly_spaced,
+                                       file_sha256, precompute_latents)
+from dithead.data.mask import MaskSettings
+from dithead.models.latents import decode_latents, encode_latents, model_fingerprint
 from dithead.fileio import atomic_path
-from dithead.split import DataSplit, FrameRangeView, held_out_frames, make_split, reference_clips
-from dithead.store import ProcessedClip
-from dithead.training import (MIXED_PRECISION_CHOICES, Checkpointer, GracefulStop, Throughput, TrainingInterrupted,
+from dithead.training.split import DataSplit, FrameRangeView, held_out_frames, make_split, reference_clips
+from dithead.data.store import ProcessedClip
+from dithead.training.run import (MIXED_PRECISION_CHOICES, Checkpointer, GracefulStop, Throughput, TrainingInterrupted,
                               check_minimums, checkpoint_settings, log_image, log_metrics, make_accelerator,
                               make_dataloader, make_live, progress_bar)
 

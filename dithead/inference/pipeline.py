@@ -4,7 +4,7 @@
 two entry points:
 
 - ``sample_clip(clip, features, audio_path, out)``: a preprocessed clip
-  (``dithead.store.ProcessedClip``) driven by per-frame audio features; what
+  (``dithead.data.store.ProcessedClip``) driven by per-frame audio features; what
   the ``sample`` stage runs for held-out clips and dubbing pairs;
 - ``pipe(video, audio, out)``: any video and audio file; preprocesses the
   video and computes the audio features on the fly, then ``sample_clip``
@@ -33,16 +33,16 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from . import watermark as wm
-from .datasets import tensor_to_image
-from .dit_data import decode_latents, encode_latents
-from .encode import DEFAULT_CRF, VideoWriter
-from .face import nearest_valid, paste_back
-from .features import audio_windows
-from .mask import apply_mask, lower_face_mask
-from .sampling import driving_frame_order, make_scheduler, pick_reference_index, sample_lockstep
-from .store import CropStore, CropStoreWriter, ProcessedClip
-from .video import iter_frames
+from dithead.inference import watermark as wm
+from dithead.models.latents import tensor_to_image
+from dithead.models.latents import decode_latents, encode_latents
+from dithead.inference.video_writer import DEFAULT_CRF, VideoWriter
+from dithead.data.face import nearest_valid, paste_back
+from dithead.data.audio_features import audio_windows
+from dithead.data.mask import apply_mask, lower_face_mask
+from dithead.inference.sampling import driving_frame_order, make_scheduler, pick_reference_index, sample_lockstep
+from dithead.data.store import CropStore, CropStoreWriter, ProcessedClip
+from dithead.data.video_reader import iter_frames
 
 MODEL_NAME = "DiT-Head"
 
@@ -169,7 +169,7 @@ class DiTHeadPipeline:
         """Load ``<models_dir>/dit`` (``ema/`` or raw weights, ``scheduler/``), ``vqgan_masked`` and ``vqgan_gt``."""
         from diffusers import DDPMScheduler, VQModel
 
-        from .dit import DiTHead
+        from dithead.models.dit import DiTHead
 
         root = Path(models_dir)
         needed = {"dit": "train_dit", "vqgan_masked": "train_vqgan_masked", "vqgan_gt": "train_vqgan_gt"}
@@ -291,12 +291,12 @@ class DiTHeadPipeline:
     def __call__(self, video: str | os.PathLike, audio: str | os.PathLike, output: str | os.PathLike,
                  settings: SampleSettings | None = None, preprocess_config=None, progress: bool = True) -> dict:
         """Dub any ``video`` with any ``audio`` file: preprocess, features, ``sample_clip``."""
-        from .audio import align_to_frames, load_audio
-        from .preprocess import PreprocessConfig, process_clip
+        from dithead.data.audio import align_to_frames, load_audio
+        from dithead.data.preprocess import PreprocessConfig, process_clip
 
         if self.audio_features is None:
             raise ValueError("this pipeline has no audio feature extractor: pass audio_features= "
-                             "(see dithead.generate.audio_feature_extractor)")
+                             "(see dithead.inference.pipeline.audio_feature_extractor)")
         cfg = preprocess_config or PreprocessConfig(fps=self.fps, size=int(self.vq_gt.config.sample_size))
         sound = load_audio(audio, cfg.sample_rate)          # AudioError names the file when unreadable
         n_frames = int(np.floor(sound.duration * self.fps + 0.5))     # the driving audio sets the length
@@ -313,7 +313,7 @@ def audio_feature_extractor(encoder: str = "mel", fps: float = 25.0, sample_rate
                             model: str = "", output: str = "logits", layer: int = -1, chunk_seconds: float = 20.0,
                             device: str = "cpu") -> Callable[[np.ndarray, int], np.ndarray]:
     """``f(samples, n_frames) -> (n_frames, D)`` with the encoder the DiT was trained on (params ``audio_features``)."""
-    from .features import frame_features, load_wav2vec2
+    from dithead.data.audio_features import frame_features, load_wav2vec2
 
     net = load_wav2vec2(model, device) if encoder == "wav2vec2" else None
 

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .store import ProcessedClip
+from dithead.data.store import ProcessedClip
 
 SPLIT_MODES = ("identity", "time")
 
@@ -156,4 +156,11 @@ def held_out_frames(clips: Sequence[ProcessedClip], split: DataSplit) -> np.ndar
             start, stop = split.validation_frames[clip.name]
             frames = start + np.flatnonzero(np.asarray(clip.valid)[start:stop])
             rows.append(np.stack([np.full(len(frames), c), frames], axis=1))
+    return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 2), dtype=np.int64)
+
+
+def valid_frames(clips: Sequence[ProcessedClip]) -> np.ndarray:
+    """(M, 2) int64 rows (clip index, frame index) of every frame with a face."""
+    rows = [np.stack([np.full(len(idx), c), idx], axis=1)
+            for c, clip in enumerate(clips) if len(idx := np.flatnonzero(np.asarray(clip.valid)))]
     return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 2), dtype=np.int64)
