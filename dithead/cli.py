@@ -73,8 +73,11 @@ def cmd_generate(args) -> int:
     from dithead.device import default_device
     from dithead.fileio import atomic_path
     from dithead.inference.pipeline import DiTHeadPipeline, SampleSettings, audio_feature_extractor
-    from dithead.params import load_params
+    from dataclasses import replace
+
+    from dithead.data.mask import MaskSettings
     from dithead.data.preprocess import PreprocessConfig
+    from dithead.params import load_params, section_config
 
     params = load_params(args.params)
     p, features = params["sample"], params["audio_features"]
@@ -83,19 +86,19 @@ def cmd_generate(args) -> int:
         features["encoder"], fps=params["data"]["fps"], sample_rate=params["data"]["sample_rate"],
         n_mels=features["n_mels"], model=features["model"], output=features["output"], layer=features["layer"],
         chunk_seconds=features["chunk_seconds"], device=device)
-    pipe = DiTHeadPipeline.from_pretrained(args.models, weights=p["weights"], solver=args.solver or p["solver"],
-                                           precision=p["precision"], device=device,
-                                           mask_kernel_size=params["mask"]["kernel_size"],
-                                           mask_sigma=params["mask"]["sigma"], mask_region=params["mask"]["region"],
+    settings = section_config(SampleSettings, p, "sample", seed=args.seed,
+                              min_ref_distance=params["dit"]["min_ref_distance"])
+    settings = replace(settings, steps=args.steps or settings.steps, solver=args.solver or settings.solver)
+    pipe = DiTHeadPipeline.from_pretrained(args.models, weights=settings.weights, solver=settings.solver,
+                                           precision=settings.precision, device=device,
+                                           mask=section_config(MaskSettings, params["mask"], "mask"),
                                            fps=params["data"]["fps"], audio_features=extractor)
-    settings = SampleSettings(steps=args.steps or p["steps"], seed=args.seed, chunk_size=p["chunk_size"],
-                              eta=p["eta"], crf=p["crf"], watermark_message=p["watermark"]["message"],
-                              watermark_strength=p["watermark"]["strength"],
-                              min_reference_distance=params["dit"]["min_ref_distance"])
+    # Crop exactly as the training data was cropped (margin, smoothing, size).
+    preprocess = section_config(PreprocessConfig, params["preprocess"], "preprocess", fps=params["data"]["fps"],
+                                sample_rate=params["data"]["sample_rate"])
     out = Path(args.out)
     with atomic_path(out) as tmp:
-        # Crop exactly as the training data was cropped (margin, smoothing, size).
-        report = pipe(args.video, args.audio, tmp, settings, PreprocessConfig.from_params(params))
+        report = pipe(args.video, args.audio, tmp, settings, preprocess)
         if args.interpolate:
             from dithead.inference.interpolation import interpolate_video
             from dithead.inference.watermark import embed, message_bits

@@ -21,7 +21,7 @@ import numpy as np
 from dithead.device import default_device
 from dithead.fileio import atomic_path, write_json
 from dithead.metrics.evaluation import EvalConfig, EvaluationError, evaluate_samples
-from dithead.params import load_params
+from dithead.params import load_params, section_config
 
 SAMPLES = Path("outputs/samples")
 METRICS = Path("metrics/eval.json")
@@ -31,23 +31,23 @@ PLOTTED = ("psnr", "lmd")
 
 
 def config(params: dict) -> EvalConfig:
-    p = params["evaluate"]
-    return EvalConfig(metrics=p["metrics"], fps=params["data"]["fps"], crop_size=p["crop_size"],
-                      crop_margin=p["crop_margin"], smooth_frames=p["smooth_frames"], mouth_margin=p["mouth_margin"],
-                      max_frames=p["max_frames"], psnr_cap=p["psnr_cap"], boxes=p["boxes"],
-                      syncnet_vshift=p["syncnet_vshift"], lipsync_max_offset=p["lipsync_max_offset"],
-                      batch_size=p["batch_size"], device=default_device())
+    return section_config(EvalConfig, params["evaluate"], "evaluate", fps=params["data"]["fps"],
+                          device=default_device())
 
 
 def main() -> int:
     params = load_params()
+    try:
+        settings = config(params)
+    except ValueError as error:             # an unknown evaluate key, metric or box mode
+        raise SystemExit(f"evaluate: {error}") from None
     first = min((p.stem for p in SAMPLES.glob("*.mp4")), default=None)
     with atomic_path(OUT_DIR) as out:
         out.mkdir(parents=True)
         side_by_side = (first, out / f"{first}_side_by_side.mp4") if first else None
         try:
             evaluation = evaluate_samples(SAMPLES, params["data"]["raw_dir"], params.get("weights") or {},
-                                          config(params), side_by_side)
+                                          settings, side_by_side)
         except EvaluationError as error:   # e.g. no generated videos
             raise SystemExit(f"evaluate: {error}") from None
         summary = evaluation.metrics_json()

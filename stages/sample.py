@@ -29,7 +29,8 @@ from dithead.data.audio import write_wav
 from dithead.device import default_device
 from dithead.fileio import atomic_path, write_json
 from dithead.inference.pipeline import DiTHeadPipeline, ModelDirectoryError, SampleSettings, audio_feature_extractor
-from dithead.params import load_params
+from dithead.data.mask import MaskSettings
+from dithead.params import ParamsError, load_params, section_config
 from dithead.data.store import ProcessedClip
 from dithead.data.video_reader import VideoError
 
@@ -55,11 +56,8 @@ class Job:
 
 
 def settings(params: dict) -> SampleSettings:
-    p = params["sample"]
-    return SampleSettings(steps=p["steps"], seed=params["seed"], chunk_size=p["chunk_size"], eta=p["eta"],
-                          crf=p["crf"], watermark_message=p["watermark"]["message"],
-                          watermark_strength=p["watermark"]["strength"],
-                          min_reference_distance=params["dit"]["min_ref_distance"])
+    return section_config(SampleSettings, params["sample"], "sample", seed=params["seed"],
+                          min_ref_distance=params["dit"]["min_ref_distance"])
 
 
 def jobs(params: dict) -> list[Job]:
@@ -139,14 +137,13 @@ def make_video(pipe: DiTHeadPipeline, job: Job, params: dict, out: Path, work: P
 
 def main() -> int:
     params = load_params()
-    p = params["sample"]
     try:
-        pipe = DiTHeadPipeline.from_pretrained(MODELS, weights=p["weights"], solver=p["solver"],
-                                               precision=p["precision"], device=default_device(),
-                                               mask_kernel_size=params["mask"]["kernel_size"],
-                                               mask_sigma=params["mask"]["sigma"], mask_region=params["mask"]["region"],
+        p = settings(params)
+        pipe = DiTHeadPipeline.from_pretrained(MODELS, weights=p.weights, solver=p.solver, precision=p.precision,
+                                               device=default_device(),
+                                               mask=section_config(MaskSettings, params["mask"], "mask"),
                                                fps=params["data"]["fps"])
-    except ModelDirectoryError as error:
+    except (ModelDirectoryError, ParamsError) as error:
         raise SystemExit(f"sample: {error}") from None
     reports = {}
     with atomic_path(OUTPUT) as out, tempfile.TemporaryDirectory() as work:

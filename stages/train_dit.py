@@ -11,16 +11,17 @@ the space: about 50 KB per frame at 256x256, f=4).
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
 from diffusers import VQModel
 
 from dithead.training.train_dit import DiTTrainingConfig, train_dit
-from dithead.params import load_params
+from dithead.data.mask import MaskSettings
+from dithead.params import load_params, section_config
 from dithead.data.store import list_clips
 from dithead.training.run import TrainingInterrupted
+from dithead.training.split import SplitSettings
 
 STAGE = "train_dit"
 PROCESSED = Path("data/processed")
@@ -34,15 +35,9 @@ LIVE = Path("dvclive") / STAGE
 
 
 def training_config(params: dict) -> DiTTrainingConfig:
-    dit = dict(params["dit"])
-    known = {f.name for f in dataclasses.fields(DiTTrainingConfig)}
-    unknown = sorted(set(dit) - known)
-    if unknown:
-        raise SystemExit(f"{STAGE}: params.yaml dit has unknown key(s) {', '.join(unknown)}")
-    mask = params["mask"]
-    return DiTTrainingConfig(seed=params["seed"], mask_kernel_size=mask["kernel_size"], mask_sigma=mask["sigma"],
-                             mask_max_shift=mask["max_shift"], mask_region=mask["region"], split=dict(params["split"]),
-                             fps=params["data"]["fps"], **dit)
+    return section_config(DiTTrainingConfig, params["dit"], "dit", seed=params["seed"],
+                          mask=section_config(MaskSettings, params["mask"], "mask"),
+                          split=section_config(SplitSettings, params["split"], "split"), fps=params["data"]["fps"])
 
 
 def load_vqgan(path: Path) -> VQModel:

@@ -9,12 +9,12 @@ parameters was interrupted; logs to dvclive/train_vqgan_<which>/.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
-from dithead.params import load_params
-from dithead.training.split import make_split, training_clips
+from dithead.data.mask import MaskSettings
+from dithead.params import load_params, section_config
+from dithead.training.split import SplitSettings, make_split, training_clips
 from dithead.data.store import list_clips
 from dithead.training.run import TrainingInterrupted
 from dithead.training.train_vqgan import VQGANTrainingConfig, train_vqgan
@@ -30,15 +30,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def training_config(params: dict, which: str) -> VQGANTrainingConfig:
-    vqgan = dict(params["vqgan"])
-    known = {f.name for f in dataclasses.fields(VQGANTrainingConfig)}
-    unknown = sorted(set(vqgan) - known)
-    if unknown:
-        raise ValueError(f"params.yaml vqgan has unknown key(s) {', '.join(unknown)}")
-    mask = params["mask"]
-    return VQGANTrainingConfig(masked=which == "masked", seed=params["seed"], mask_kernel_size=mask["kernel_size"],
-                               mask_sigma=mask["sigma"], mask_max_shift=mask["max_shift"],
-                               mask_region=mask["region"], **vqgan)
+    return section_config(VQGANTrainingConfig, params["vqgan"], "vqgan", masked=which == "masked",
+                          seed=params["seed"], mask=section_config(MaskSettings, params["mask"], "mask"))
 
 
 def load_perceptual(params: dict, config: VQGANTrainingConfig):
@@ -69,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{stage}: no preprocessed clips in {PROCESSED} (run the preprocess stage first)")
     try:
         # Held-out identities or frames are never trained on (paper 4.1: unseen identities).
-        split = make_split(clips, params["split"], params["seed"], params["data"]["fps"])
+        split = make_split(clips, section_config(SplitSettings, params["split"], "split"), params["seed"],
+                           params["data"]["fps"])
         clips = training_clips(clips, split)
         metrics = train_vqgan(clips, config, output_dir=Path("models") / f"vqgan_{which}",
                               checkpoint_dir=Path("checkpoints") / stage, live_dir=Path("dvclive") / stage,

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 
 from conftest import run_until_sigkill, sigterm_self_when
 from dithead.training.vqgan_data import FrameDataset, split_frames
+from dithead.data.mask import MaskSettings
 from dithead.data.store import list_clips
 from dithead.metrics.image import psnr, ssim
 from dithead.training.run import Checkpointer, GracefulStop, StepSampler
@@ -150,8 +151,8 @@ def test_frames_split_and_masked_dataset(processed_demo):
     for c, clip in enumerate(clips):
         assert val[val[:, 0] == c][:, 1].min() > train[train[:, 0] == c][:, 1].max()
 
-    plain = FrameDataset(clips, masked=False, kernel_size=9, sigma=2.0, max_shift=2, seed=0, frames=train)
-    masked = FrameDataset(clips, masked=True, kernel_size=9, sigma=2.0, max_shift=2, seed=0, frames=train)
+    plain = FrameDataset(clips, masked=False, mask=MaskSettings(9, 2.0, 2), seed=0, frames=train)
+    masked = FrameDataset(clips, masked=True, mask=MaskSettings(9, 2.0, 2), seed=0, frames=train)
     image, hidden = plain[0], masked[0]
     assert image.shape == (3, 64, 64) and image.dtype == torch.float32
     assert -1.0 <= float(image.min()) and float(image.max()) <= 1.0

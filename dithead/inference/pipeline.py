@@ -26,7 +26,7 @@ import functools
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -39,7 +39,8 @@ from dithead.models.latents import decode_latents, encode_latents
 from dithead.inference.video_writer import DEFAULT_CRF, VideoWriter
 from dithead.data.face import nearest_valid, paste_back
 from dithead.data.audio_features import audio_windows
-from dithead.data.mask import apply_mask, lower_face_mask
+from dithead.data.mask import MaskSettings, apply_mask, lower_face_mask
+from dithead.device import default_device
 from dithead.inference.sampling import driving_frame_order, make_scheduler, pick_reference_index, sample_lockstep
 from dithead.data.store import CropStore, CropStoreWriter, ProcessedClip
 from dithead.data.video_reader import iter_frames
@@ -52,15 +53,33 @@ class ModelDirectoryError(FileNotFoundError):
 
 
 @dataclass
+class WatermarkSettings:
+    """The ``sample.watermark`` params: the provenance mark embedded in every generated frame."""
+
+    message: str = wm.DEFAULT_MESSAGE
+    strength: float = wm.DEFAULT_STRENGTH
+
+
+@dataclass
 class SampleSettings:
+    """The ``sample:`` params (same names and defaults as params.yaml), plus ``seed`` and ``dit.min_ref_distance``.
+
+    ``solver``, ``precision`` and ``weights`` say how ``DiTHeadPipeline.from_pretrained`` loads the
+    models; ``baselines`` and ``dubbing`` which videos the sample stage makes; the rest how each is sampled.
+    """
+
+    solver: str = "ddim"
     steps: int = 250
-    seed: int = 0
-    chunk_size: int = 16
     eta: float = 0.0
+    chunk_size: int = 16
+    precision: str = "auto"
     crf: int = DEFAULT_CRF
-    watermark_message: str = wm.DEFAULT_MESSAGE
-    watermark_strength: float = wm.DEFAULT_STRENGTH
-    min_reference_distance: int = 60
+    weights: str = "ema"
+    baselines: list[str] = field(default_factory=lambda: ["reference_copy"])
+    dubbing: list[dict] = field(default_factory=list)
+    watermark: WatermarkSettings = field(default_factory=WatermarkSettings)
+    seed: int = 0
+    min_ref_distance: int = 60
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
@@ -82,12 +101,11 @@ class ClipConditions:
     """
 
     def __init__(self, clip: ProcessedClip, order: np.ndarray, features: np.ndarray, vq_masked,
-                 mask_kernel_size: int, mask_sigma: float, device: torch.device, autocast, audio_window: int = 11,
-                 mask_cache_size: int = 32, mask_region: str = "jaw"):
+                 mask: MaskSettings, device: torch.device, autocast, audio_window: int = 11,
+                 mask_cache_size: int = 32):
         self.clip, self.order, self.features = clip, order, features
         self.vq_masked, self.device, self.autocast = vq_masked, device, autocast
-        self.mask_kernel_size, self.mask_sigma, self.audio_window = mask_kernel_size, mask_sigma, audio_window
-        self.mask_region = mask_region
+        self.mask_settings, self.audio_window = mask, audio_window
         self.landmark_frame = nearest_valid(np.asarray(clip.valid))
         self._landmark_mask = functools.lru_cache(maxsize=mask_cache_size)(self._compute_mask)
 
@@ -101,7 +119,8 @@ class ClipConditions:
     def _compute_mask(self, landmark_frame: int) -> np.ndarray:
         size = int(self.clip.meta["size"])
         landmarks = np.asarray(self.clip.landmarks[landmark_frame])
-        mask = lower_face_mask(landmarks, (size, size), self.mask_kernel_size, self.mask_sigma, region=self.mask_region)
+        settings = self.mask_settings
+        mask = lower_face_mask(landmarks, (size, size), settings.kernel_size, settings.sigma, region=settings.region)
         mask.flags.writeable = False        # shared by every caller through the cache
         return mask
 
@@ -145,9 +164,7 @@ def source_frames(video: str | os.PathLike, order: np.ndarray, fps: float, work_
 class DiTHeadPipeline:
     """DiT + scheduler + VQGAN encoders/decoder, ready to dub videos."""
 
-    def __init__(self, dit, scheduler, vq_masked, vq_gt, *, mask_kernel_size: int = 31, mask_sigma: float = 8.0,
-                 mask_region: str = "jaw",
-                 fps: float = 25.0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+    def __init__(self, dit, scheduler, vq_masked, vq_gt, *, mask: MaskSettings | None = None, fps: float = 25.0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  audio_features: Callable[[np.ndarray, int], np.ndarray] | None = None,
                  model_name: str = MODEL_NAME):
         self.device = torch.device(device)
@@ -158,8 +175,8 @@ class DiTHeadPipeline:
         self.vq_masked = vq_masked.to(self.device).eval()
         self.vq_gt = vq_gt.to(self.device).eval()
         self.scheduler = scheduler
-        self.mask_kernel_size, self.mask_sigma, self.fps = mask_kernel_size, mask_sigma, fps
-        self.mask_region = mask_region
+        self.mask = mask or MaskSettings()       # as in training (max_shift: training only)
+        self.fps = fps
         self.audio_features = audio_features
         self.model_name = model_name
 
@@ -179,7 +196,7 @@ class DiTHeadPipeline:
                                           f"or pass --models DIR with dit/, vqgan_masked/ and vqgan_gt/)")
         if weights not in ("ema", "raw"):
             raise ValueError(f"weights must be 'ema' or 'raw', not {weights!r}")
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = torch.device(device or default_device())
         dit = DiTHead.from_pretrained(root / "dit" / "ema" if weights == "ema" else root / "dit")
         train_config = DDPMScheduler.load_config(root / "dit" / "scheduler") \
             if (root / "dit" / "scheduler").is_dir() else None
@@ -196,14 +213,14 @@ class DiTHeadPipeline:
     def reference_index(clip: ProcessedClip, target: int, settings: SampleSettings,
                         reference_frames: tuple[int, int] | None = None) -> int:
         """The first frame's reference (paper 3.4): a random frame with a face, at least
-        ``min_reference_distance`` from ``target``, taken from ``reference_frames`` ([start, stop)) if given."""
+        ``min_ref_distance`` from ``target``, taken from ``reference_frames`` ([start, stop)) if given."""
         valid = np.array(clip.valid, dtype=bool)
         if reference_frames is not None:
             inside = np.zeros_like(valid)
             inside[reference_frames[0]:reference_frames[1]] = True
             valid &= inside
         rng = np.random.default_rng(settings.seed)
-        return pick_reference_index(len(clip), target, rng, settings.min_reference_distance, valid)
+        return pick_reference_index(len(clip), target, rng, settings.min_ref_distance, valid)
 
     def _reference_latent(self, clip: ProcessedClip, index: int) -> torch.Tensor:
         image = torch.from_numpy(clip.crop(index)).permute(2, 0, 1)[None].to(self.device)
@@ -235,7 +252,7 @@ class DiTHeadPipeline:
         return {"clip": clip.name, "output": str(output), "frames": written, "video_frames": len(clip),
                 "start_frame": int(order[0]), "ping_pong": bool(order.max() - order.min() + 1 < len(order)),
                 "reference_frame": reference_index, "steps": settings.steps, "seconds": round(seconds, 2),
-                "frames_per_second": round(written / seconds, 3), "watermark": settings.watermark_message}
+                "frames_per_second": round(written / seconds, 3), "watermark": settings.watermark.message}
 
     def paste_reference(self, clip: ProcessedClip, n_frames: int, audio_path: str | os.PathLike,
                         output: str | os.PathLike, settings: SampleSettings | None = None,
@@ -262,9 +279,8 @@ class DiTHeadPipeline:
 
     def _conditions(self, clip: ProcessedClip, order: np.ndarray, features: np.ndarray,
                     settings: SampleSettings) -> ClipConditions:
-        return ClipConditions(clip, order, features, self.vq_masked, self.mask_kernel_size, self.mask_sigma,
-                              self.device, self._autocast, getattr(self.dit.config, "audio_window", 11),
-                              mask_cache_size=2 * settings.chunk_size, mask_region=self.mask_region)
+        return ClipConditions(clip, order, features, self.vq_masked, self.mask, self.device, self._autocast,
+                              getattr(self.dit.config, "audio_window", 11), mask_cache_size=2 * settings.chunk_size)
 
     def _decode(self, latents: torch.Tensor) -> np.ndarray:
         with self._autocast():
@@ -275,16 +291,16 @@ class DiTHeadPipeline:
                      video_path=None) -> int:
         """Paste one crop per output frame into the source frames of ``order``, watermark, encode; returns frames."""
         video_path = Path(video_path or clip.meta["source"]["video"])
-        bits = wm.message_bits(settings.watermark_message)
+        bits = wm.message_bits(settings.watermark.message)
         with tempfile.TemporaryDirectory() as work, \
                 VideoWriter(output, self.fps, crf=settings.crf, audio=audio_path,
-                            metadata=wm.provenance_tags(self.model_name, settings.watermark_message)) as writer:
+                            metadata=wm.provenance_tags(self.model_name, settings.watermark.message)) as writer:
             frames = source_frames(video_path, order, self.fps, Path(work))
             written = 0
             for v, crop, frame in zip(order, crops, frames):
                 if clip.valid[v]:
                     frame = paste_back(frame, crop, np.asarray(clip.boxes[v]), mask(int(v)))
-                writer.write(wm.embed(frame, bits, settings.watermark_strength))
+                writer.write(wm.embed(frame, bits, settings.watermark.strength))
                 written += 1
         return written
 

@@ -169,7 +169,17 @@ def checkpoint_settings(config: Mapping[str, Any], bookkeeping: Iterable[str] = 
     """The settings in ``config`` a checkpoint depends on: all but :data:`BOOKKEEPING` and the stage's own
     ``bookkeeping`` keys (how often it validates, how it logs)."""
     skip = BOOKKEEPING | set(bookkeeping)
-    return {key: value for key, value in config.items() if key not in skip}
+    return {key: value for key, value in _flat_mask(config).items() if key not in skip}
+
+
+def _flat_mask(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``mask: {kernel_size: ...}`` as the ``mask_kernel_size``, ... keys that checkpoint fingerprints have
+    always used (configs once held the mask settings as loose fields): checkpoints of a run started before
+    the configs took a ``MaskSettings`` still match and resume."""
+    flat = {key: value for key, value in config.items() if key != "mask"}
+    if isinstance(config.get("mask"), Mapping):
+        flat.update({f"mask_{key}": value for key, value in config["mask"].items()})
+    return flat
 
 
 class Checkpointer:

@@ -33,7 +33,8 @@ from dithead.training.dit_data import (DiTDataset, LazyArrays, audio_feature_pat
 from dithead.data.mask import MaskSettings
 from dithead.models.latents import decode_latents, encode_latents, model_fingerprint
 from dithead.fileio import atomic_path
-from dithead.training.split import DataSplit, FrameRangeView, held_out_frames, make_split, reference_clips
+from dithead.training.split import (DataSplit, FrameRangeView, SplitSettings, held_out_frames, make_split,
+                                    reference_clips)
 from dithead.data.store import ProcessedClip
 from dithead.training.run import (MIXED_PRECISION_CHOICES, Checkpointer, GracefulStop, Throughput, TrainingInterrupted,
                               check_minimums, checkpoint_settings, log_image, log_metrics, make_accelerator,
@@ -44,13 +45,11 @@ SPLIT_FILE = "split.json"
 
 @dataclass
 class DiTTrainingConfig:
-    """Everything one DiT training run depends on (the ``dit:`` params plus mask and seed)."""
+    """Everything one DiT training run depends on: the ``dit:`` params (same names, same defaults as
+    params.yaml; tests/test_params.py checks), plus ``seed``, ``mask``, ``split`` and ``data.fps``."""
 
     seed: int = 0
-    mask_kernel_size: int = 31
-    mask_sigma: float = 8.0
-    mask_max_shift: int = 4
-    mask_region: str = "jaw"
+    mask: MaskSettings = field(default_factory=MaskSettings)
     # model: a preset of DIT_PRESETS, optionally resized (None keeps the preset's value)
     preset: str = "DiT-L/2"
     depth: int | None = None
@@ -62,7 +61,7 @@ class DiTTrainingConfig:
     # data
     audio_window: int = 11
     min_ref_distance: int = 60
-    split: dict = field(default_factory=lambda: {"mode": "identity", "val_identity_count": 1})   # the split: params
+    split: SplitSettings = field(default_factory=SplitSettings)
     fps: float = 25.0                   # frames per second of the preprocessed clips (time split's gap)
     val_samples: int = 64
     # diffusion and optimisation
@@ -72,14 +71,14 @@ class DiTTrainingConfig:
     learning_rate: float = 1e-4
     weight_decay: float = 0.0
     batch_size: int = 32                # per process and micro-step
-    gradient_accumulation: int = 1
-    steps: int = 400_000
+    gradient_accumulation: int = 2
+    steps: int = 200_000
     ema_decay: float = 0.9999
     mixed_precision: str = "auto"
     # bookkeeping
     log_every: int = 100
     val_every: int = 5000
-    sample_every: int = 5000
+    sample_every: int = 10_000
     sample_count: int = 4
     sample_steps: int = 50
     checkpoint_every: int = 5000
@@ -147,7 +146,7 @@ def _prepare_data(clips: Sequence[ProcessedClip], config: DiTTrainingConfig, fea
     latents, features = LazyArrays(latent_paths), LazyArrays(feature_paths)
     common = dict(latents=latents, features=features, min_ref_distance=config.min_ref_distance,
                   audio_window=config.audio_window, seed=config.seed)
-    mask = MaskSettings(config.mask_kernel_size, config.mask_sigma, config.mask_max_shift, config.mask_region)
+    mask = config.mask
     # Training reads each clip through its training range only (a time split holds out its end).
     train_views = [FrameRangeView(clip, *split.train_frames.get(clip.name, (0, 0))) for clip in clips]
     train_rows = valid_frames(train_views)

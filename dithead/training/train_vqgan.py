@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from torch import nn
 from dithead.training.vqgan_data import FrameDataset, crop_size, split_frames
 from dithead.models.latents import tensor_to_image
 from dithead.models.vqgan import NLayerDiscriminator, VQAutoencoder, build_vqmodel
+from dithead.data.mask import MaskSettings
 from dithead.metrics import image as image_metrics
 from dithead.data.store import ProcessedClip
 from dithead.training.run import (Checkpointer, GracefulStop, Throughput, TrainingInterrupted, check_minimums,
@@ -170,14 +171,12 @@ def evaluate(vq: VQModel, batches: Iterable[torch.Tensor], device: torch.device,
 
 @dataclass
 class VQGANTrainingConfig:
-    """Everything one VQGAN training run depends on (the ``vqgan:`` params plus mask and seed)."""
+    """Everything one VQGAN training run depends on: the ``vqgan:`` params (same names, same defaults as
+    params.yaml; tests/test_params.py checks), plus which VQGAN, ``seed`` and ``mask``."""
 
     masked: bool
     seed: int = 0
-    mask_kernel_size: int = 31
-    mask_sigma: float = 8.0
-    mask_max_shift: int = 4
-    mask_region: str = "jaw"
+    mask: MaskSettings = field(default_factory=MaskSettings)
     # model
     channels: list[int] = field(default_factory=lambda: [128, 256, 512])
     layers_per_block: int = 2
@@ -288,10 +287,9 @@ def train_vqgan(clips: Sequence[ProcessedClip], config: VQGANTrainingConfig, *, 
 
     size = crop_size(clips)
     train_rows, val_rows = split_frames(clips, config.val_frames)
-    mask_args = dict(masked=config.masked, kernel_size=config.mask_kernel_size, sigma=config.mask_sigma,
-                     region=config.mask_region)
-    train_set = FrameDataset(clips, **mask_args, max_shift=config.mask_max_shift, seed=config.seed, frames=train_rows)
-    val_set = FrameDataset(clips, **mask_args, max_shift=0, seed=config.seed, frames=val_rows) if len(val_rows) else None
+    train_set = FrameDataset(clips, masked=config.masked, mask=config.mask, seed=config.seed, frames=train_rows)
+    val_set = FrameDataset(clips, masked=config.masked, mask=replace(config.mask, max_shift=0), seed=config.seed,
+                           frames=val_rows) if len(val_rows) else None
 
     trainer = VQGANTrainer(accelerator, config, image_size=size, perceptual=perceptual)
 

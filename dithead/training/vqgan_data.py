@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dithead.data.mask import apply_mask, lower_face_mask, random_shift
+from dithead.data.mask import MaskSettings, apply_mask, lower_face_mask, random_shift
 from dithead.data.store import ProcessedClip
 from dithead.models.latents import image_to_tensor
 from dithead.training.split import valid_frames
@@ -45,22 +45,19 @@ class FrameDataset(Dataset):
     """Single face crops as float (3, H, W) tensors in [-1, 1].
 
     With ``masked=True`` the lower face is blacked out with the mask of
-    ``dithead.data.mask`` (Gaussian edge of ``kernel_size``/``sigma``), moved by a
-    random shift of up to ``max_shift`` pixels (paper 3.1). ``frames`` are
+    ``dithead.data.mask`` (``mask``: Gaussian edge of ``kernel_size``/``sigma``), moved
+    by a random shift of up to ``mask.max_shift`` pixels (paper 3.1). ``frames`` are
     (clip index, frame index) rows (default: every valid frame). Index ``i``
     may exceed the length (see ``dithead.training.run.StepSampler``): it reads
     frame ``i % len`` and seeds the shift with ``(seed, i)``, so a sample is
     the same in every run and in any DataLoader worker.
     """
 
-    def __init__(self, clips: Sequence[ProcessedClip], masked: bool, kernel_size: int, sigma: float,
-                 max_shift: int, seed: int, frames: np.ndarray | None = None, region: str = "jaw"):
+    def __init__(self, clips: Sequence[ProcessedClip], masked: bool, mask: MaskSettings, seed: int,
+                 frames: np.ndarray | None = None):
         self.clips = list(clips)
         self.masked = masked
-        self.kernel_size = kernel_size
-        self.sigma = sigma
-        self.max_shift = max_shift
-        self.region = region
+        self.mask = mask
         self.seed = seed
         self.frames = valid_frames(self.clips) if frames is None else np.asarray(frames, dtype=np.int64)
         if len(self.frames) == 0:
@@ -78,9 +75,10 @@ class FrameDataset(Dataset):
         return image_to_tensor(image)
 
     def _mask(self, clip: ProcessedClip, frame: int, size: tuple[int, int], index: int) -> np.ndarray:
-        shift = random_shift(np.random.default_rng([self.seed, index]), self.max_shift) if self.max_shift > 0 else (0, 0)
-        return lower_face_mask(np.asarray(clip.landmarks[frame]), size, self.kernel_size, self.sigma, shift=shift,
-                               region=self.region)
+        max_shift = self.mask.max_shift
+        shift = random_shift(np.random.default_rng([self.seed, index]), max_shift) if max_shift > 0 else (0, 0)
+        return lower_face_mask(np.asarray(clip.landmarks[frame]), size, self.mask.kernel_size, self.mask.sigma,
+                               shift=shift, region=self.mask.region)
 
 
 def crop_size(clips: Sequence[ProcessedClip]) -> int:
