@@ -52,16 +52,16 @@ def cmd_features(args) -> int:
     import soundfile as sf
 
     from dithead.device import default_device
-    from dithead.data.audio_features import frame_features, load_wav2vec2
+    from dithead.data.audio_features import AudioFeatureSettings, load_encoder, settings_features
     from dithead.fileio import atomic_path
     from dithead.data.store import ProcessedClip
 
     clip = ProcessedClip(args.clip)
     device = default_device()
-    net = load_wav2vec2(args.model, device) if args.encoder == "wav2vec2" else None
+    settings = AudioFeatureSettings(encoder=args.encoder, model=args.model, n_mels=args.n_mels)
+    net = load_encoder(settings, device)
     samples, rate = sf.read(clip.audio_path, dtype="float32")
-    feats = frame_features(samples, rate, len(clip), clip.meta["fps"], args.encoder, n_mels=args.n_mels,
-                           net=net, device=device)
+    feats = settings_features(samples, rate, len(clip), clip.meta["fps"], settings, net=net, device=device)
     out = Path(args.out or Path(args.clip) / "features.npy")
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
         np.save(f, feats)
@@ -70,23 +70,22 @@ def cmd_features(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from dithead.device import default_device
-    from dithead.fileio import atomic_path
-    from dithead.inference.pipeline import DiTHeadPipeline, SampleSettings, audio_feature_extractor
     from dataclasses import replace
 
+    from dithead.data.audio_features import AudioFeatureSettings, audio_feature_extractor
     from dithead.data.mask import MaskSettings
     from dithead.data.preprocess import PreprocessConfig
+    from dithead.device import default_device
+    from dithead.fileio import atomic_path
+    from dithead.inference.pipeline import DiTHeadPipeline, SampleSettings
     from dithead.params import load_params, section_config
 
     params = load_params(args.params)
-    p, features = params["sample"], params["audio_features"]
     device = default_device()
     extractor = audio_feature_extractor(
-        features["encoder"], fps=params["data"]["fps"], sample_rate=params["data"]["sample_rate"],
-        n_mels=features["n_mels"], model=features["model"], output=features["output"], layer=features["layer"],
-        chunk_seconds=features["chunk_seconds"], device=device)
-    settings = section_config(SampleSettings, p, "sample", seed=args.seed,
+        section_config(AudioFeatureSettings, params["audio_features"], "audio_features"), fps=params["data"]["fps"],
+        sample_rate=params["data"]["sample_rate"], device=device)
+    settings = section_config(SampleSettings, params["sample"], "sample", seed=args.seed,
                               min_ref_distance=params["dit"]["min_ref_distance"])
     settings = replace(settings, steps=args.steps or settings.steps, solver=args.solver or settings.solver)
     pipe = DiTHeadPipeline.from_pretrained(args.models, weights=settings.weights, solver=settings.solver,
@@ -103,11 +102,11 @@ def cmd_generate(args) -> int:
             from dithead.inference.interpolation import interpolate_video
             from dithead.inference.watermark import embed, message_bits
 
-            bits = message_bits(p["watermark"]["message"])
+            bits = message_bits(settings.watermark.message)
             doubled = tmp.with_name(tmp.stem + ".50fps" + tmp.suffix)
             interpolate_video(tmp, doubled, params["interpolate"]["method"], params["weights"].get("rife") or None,
-                              device=device, crf=p["crf"],
-                              mark=lambda frame: embed(frame, bits, p["watermark"]["strength"]))
+                              device=device, crf=settings.crf,
+                              mark=lambda frame: embed(frame, bits, settings.watermark.strength))
             doubled.replace(tmp)
     factor = 2 if args.interpolate else 1
     print(f"{out}: {report['frames'] * factor} frames at {params['data']['fps'] * factor:g} fps "
@@ -179,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--max-frames", type=int, default=250)
     d.set_defaults(func=cmd_watermark_detect)
 
-    from .metrics.cli import add_evaluate_parser
+    from dithead.metrics.cli import add_evaluate_parser
 
     add_evaluate_parser(sub)
     return parser
@@ -199,14 +198,15 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by the user's input or setup (bugs still show a traceback)."""
     from dithead.data.audio import AudioError
     from dithead.data.audio_features import FeatureModelError
-    from dithead.inference.pipeline import ModelDirectoryError
-    from .metrics.video import EvaluationError
-    from .metrics.weights import MissingWeightsError, WeightsFormatError
     from dithead.data.preprocess import ClipSkipped
     from dithead.data.video_reader import VideoError
+    from dithead.inference.pipeline import ModelDirectoryError
+    from dithead.metrics.evaluation import EvaluationError
+    from dithead.metrics.weights import MissingWeightsError, WeightsFormatError
+    from dithead.params import ParamsError
 
     return (VideoError, AudioError, ClipSkipped, FeatureModelError, EvaluationError, MissingWeightsError,
-            WeightsFormatError, ModelDirectoryError, FileNotFoundError)
+            WeightsFormatError, ModelDirectoryError, ParamsError, FileNotFoundError)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ import soundfile as sf
 from dithead.data.audio import write_wav
 from dithead.device import default_device
 from dithead.fileio import atomic_path, write_json
-from dithead.inference.pipeline import DiTHeadPipeline, ModelDirectoryError, SampleSettings, audio_feature_extractor
+from dithead.data.audio_features import AudioFeatureSettings, audio_feature_extractor
+from dithead.inference.pipeline import DiTHeadPipeline, ModelDirectoryError, SampleSettings
 from dithead.data.mask import MaskSettings
 from dithead.params import ParamsError, load_params, section_config
 from dithead.data.store import ProcessedClip
@@ -117,10 +118,9 @@ def driving_audio(job: Job, params: dict, work: Path) -> tuple[np.ndarray, Path]
 
 def silence_features(params: dict, samples: np.ndarray, n_frames: int) -> np.ndarray:
     """Features of ``samples`` (silence) from the encoder the DiT was trained with."""
-    p = params["audio_features"]
-    extract = audio_feature_extractor(p["encoder"], fps=params["data"]["fps"], sample_rate=params["data"]["sample_rate"],
-                                      n_mels=p["n_mels"], model=p["model"], output=p["output"], layer=p["layer"],
-                                      chunk_seconds=p["chunk_seconds"], device=str(default_device()))
+    encoder = section_config(AudioFeatureSettings, params["audio_features"], "audio_features")
+    extract = audio_feature_extractor(encoder, fps=params["data"]["fps"], sample_rate=params["data"]["sample_rate"],
+                                      device=str(default_device()))
     return extract(samples, n_frames)
 
 

@@ -7,7 +7,8 @@ import pytest
 
 from dithead.inference import watermark as wm
 from dithead.data.face import nearest_valid
-from dithead.inference.pipeline import DiTHeadPipeline, ModelDirectoryError, SampleSettings, audio_feature_extractor
+from dithead.data.audio_features import AudioFeatureSettings, audio_feature_extractor
+from dithead.inference.pipeline import DiTHeadPipeline, ModelDirectoryError, SampleSettings
 from dithead.data.mask import MaskSettings, lower_face_mask
 from dithead.data.store import list_clips
 from dithead.data.video_reader import iter_frames
@@ -121,7 +122,7 @@ def test_pipeline_call_on_a_raw_video_and_audio(demo_raw, models, tmp_path):
     from dithead.data.preprocess import PreprocessConfig
 
     pipe = DiTHeadPipeline.from_pretrained(models, device="cpu", mask=MaskSettings(kernel_size=9, sigma=2.0),
-                                           audio_features=audio_feature_extractor("mel", FPS, n_mels=32))
+                                           audio_features=audio_feature_extractor(AudioFeatureSettings(encoder="mel", n_mels=32), FPS))
     out = tmp_path / "out.mp4"
     report = pipe(demo_raw / "astronaut.mp4", demo_raw / "astronaut_mirrored.wav", out, SampleSettings(steps=1),
                   PreprocessConfig(size=64, smooth_frames=5, min_valid_frames=11), progress=False)

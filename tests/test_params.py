@@ -75,6 +75,7 @@ REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 def _config_classes():
     """(config class, params section, values the class needs besides its section)."""
+    from dithead.data.audio_features import AudioFeatureSettings
     from dithead.data.mask import MaskSettings
     from dithead.data.preprocess import PreprocessConfig
     from dithead.inference.pipeline import SampleSettings
@@ -85,7 +86,8 @@ def _config_classes():
 
     return [(MaskSettings, "mask", {}), (SplitSettings, "split", {}), (PreprocessConfig, "preprocess", {}),
             (VQGANTrainingConfig, "vqgan", {"masked": True}), (DiTTrainingConfig, "dit", {}),
-            (SampleSettings, "sample", {}), (EvalConfig, "evaluate", {})]
+            (SampleSettings, "sample", {}), (EvalConfig, "evaluate", {}),
+            (AudioFeatureSettings, "audio_features", {})]
 
 
 def _plain(value):

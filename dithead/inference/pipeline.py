@@ -312,7 +312,7 @@ class DiTHeadPipeline:
 
         if self.audio_features is None:
             raise ValueError("this pipeline has no audio feature extractor: pass audio_features= "
-                             "(see dithead.inference.pipeline.audio_feature_extractor)")
+                             "(see dithead.data.audio_features.audio_feature_extractor)")
         cfg = preprocess_config or PreprocessConfig(fps=self.fps, size=int(self.vq_gt.config.sample_size))
         sound = load_audio(audio, cfg.sample_rate)          # AudioError names the file when unreadable
         n_frames = int(np.floor(sound.duration * self.fps + 0.5))     # the driving audio sets the length
@@ -324,17 +324,3 @@ class DiTHeadPipeline:
             return self.sample_clip(ProcessedClip(Path(work) / result.name), features, audio, output, settings,
                                     video_path=video, progress=progress)
 
-
-def audio_feature_extractor(encoder: str = "mel", fps: float = 25.0, sample_rate: int = 16000, n_mels: int = 80,
-                            model: str = "", output: str = "logits", layer: int = -1, chunk_seconds: float = 20.0,
-                            device: str = "cpu") -> Callable[[np.ndarray, int], np.ndarray]:
-    """``f(samples, n_frames) -> (n_frames, D)`` with the encoder the DiT was trained on (params ``audio_features``)."""
-    from dithead.data.audio_features import frame_features, load_wav2vec2
-
-    net = load_wav2vec2(model, device) if encoder == "wav2vec2" else None
-
-    def extract(samples: np.ndarray, n_frames: int) -> np.ndarray:
-        return frame_features(samples, sample_rate, n_frames, fps, encoder, n_mels=n_mels, net=net, output=output,
-                              layer=layer, chunk_seconds=chunk_seconds, device=device)
-
-    return extract
