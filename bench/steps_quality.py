@@ -24,11 +24,11 @@ import numpy as np
 import soundfile as sf
 
 from dithead.data.audio import write_wav
+from dithead.data.mask import MaskSettings
+from dithead.data.store import ProcessedClip
 from dithead.inference.pipeline import DiTHeadPipeline, SampleSettings
 from dithead.metrics.evaluation import EvalConfig, Evaluator
-from dithead.data.mask import MaskSettings
 from dithead.params import load_params, section_config
-from dithead.data.store import ProcessedClip
 
 COLUMNS = ("mouth_open_r", "av_offset", "mouth_open_std_ratio", "mouth_psnr", "lmd", "psnr")
 

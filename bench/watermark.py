@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from dithead.data.video_reader import iter_source_frames
 from dithead.inference import watermark as wm
 from dithead.inference.video_writer import write_video
-from dithead.data.video_reader import iter_source_frames
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

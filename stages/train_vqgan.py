@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from dithead.data.mask import MaskSettings
-from dithead.params import load_params, section_config
-from dithead.training.split import SplitSettings, make_split, training_clips
 from dithead.data.store import list_clips
+from dithead.params import load_params, section_config
+from dithead.stage import StageError, StagePaths, clear_errors
 from dithead.training.run import TrainingInterrupted
+from dithead.training.split import SplitSettings, make_split, training_clips
 from dithead.training.train_vqgan import VQGANTrainingConfig, train_vqgan
-
-PROCESSED = Path("data/processed")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -38,14 +36,14 @@ def load_perceptual(params: dict, config: VQGANTrainingConfig):
     """The LPIPS network when the loss uses it; a missing weight file stops the stage before training."""
     if config.perceptual_weight <= 0:
         return None
-    from dithead.models.lpips import LPIPS
     from dithead.metrics.weights import MissingWeightsError, WeightsFormatError
+    from dithead.models.lpips import LPIPS
 
     weights = params.get("weights") or {}
     try:
         return LPIPS(weights.get("lpips_backbone", ""), weights.get("lpips_linear", ""))
     except (MissingWeightsError, WeightsFormatError) as error:
-        raise SystemExit(f"train_vqgan: vqgan.perceptual_weight is {config.perceptual_weight}, which needs LPIPS: "
+        raise StageError(f"vqgan.perceptual_weight is {config.perceptual_weight}, which needs LPIPS: "
                          f"{error} (or set vqgan.perceptual_weight: 0 to train without it)") from None
 
 
@@ -53,27 +51,21 @@ def main(argv: list[str] | None = None) -> int:
     which = parse_args(argv).which
     stage = f"train_vqgan_{which}"
     params = load_params()
-    try:
+    with clear_errors(stage, TrainingInterrupted, ValueError):
+        paths = section_config(StagePaths, params.get("paths"), "paths")
         config = training_config(params, which)
-    except ValueError as error:
-        raise SystemExit(f"{stage}: {error}") from None
-    perceptual = load_perceptual(params, config)
-    if not PROCESSED.is_dir() or not (clips := list_clips(PROCESSED)):
-        raise SystemExit(f"{stage}: no preprocessed clips in {PROCESSED} (run the preprocess stage first)")
-    try:
+        perceptual = load_perceptual(params, config)
+        if not paths.processed.is_dir() or not (clips := list_clips(paths.processed)):
+            raise StageError(f"no preprocessed clips in {paths.processed} (run the preprocess stage first)")
         # Held-out identities or frames are never trained on (paper 4.1: unseen identities).
         split = make_split(clips, section_config(SplitSettings, params["split"], "split"), params["seed"],
                            params["data"]["fps"])
-        clips = training_clips(clips, split)
-        metrics = train_vqgan(clips, config, output_dir=Path("models") / f"vqgan_{which}",
-                              checkpoint_dir=Path("checkpoints") / stage, live_dir=Path("dvclive") / stage,
+        output = paths.models / f"vqgan_{which}"
+        metrics = train_vqgan(training_clips(clips, split), config, output_dir=output,
+                              checkpoint_dir=paths.checkpoints / stage, live_dir=paths.dvclive / stage,
                               perceptual=perceptual)
-    except TrainingInterrupted as stop:
-        raise SystemExit(f"{stage}: {stop}") from None
-    except ValueError as error:
-        raise SystemExit(f"{stage}: {error}") from None
     summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-    print(f"{stage}: saved models/vqgan_{which}" + (f" (held-out {summary})" if summary else ""))
+    print(f"{stage}: saved {output}" + (f" (held-out {summary})" if summary else ""))
     return 0
 
 

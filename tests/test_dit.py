@@ -20,18 +20,17 @@ from safetensors.torch import load_file
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import run_until_sigkill, sigterm_self_when
-from dithead.models.dit import (DIT_PRESETS, DiTHead, diffusion_loss, dit_config, forward_flops, make_noise_scheduler,
-                         masked_region_weight)
-from dithead.training.dit_data import DiTDataset, LazyArrays, audio_feature_paths, precompute_latents, target_frames
-from dithead.data.mask import MaskSettings
-from dithead.models.latents import encode_latents
-from dithead.training.train_dit import DiTTrainingConfig, _fingerprint_config
-from dithead.training.split import split_by_identity
 from dithead.data.audio_features import audio_windows
-from dithead.data.mask import apply_mask, lower_face_mask
-from dithead.inference.sampling import pick_reference_index
+from dithead.data.mask import MaskSettings, apply_mask, lower_face_mask
 from dithead.data.store import list_clips
+from dithead.inference.sampling import pick_reference_index
+from dithead.models.dit import (DIT_PRESETS, DiTHead, diffusion_loss, dit_config, forward_flops, make_noise_scheduler,
+                                masked_region_weight)
+from dithead.models.latents import encode_latents
 from dithead.models.vqgan import build_vqmodel
+from dithead.training.dit_data import DiTDataset, LazyArrays, audio_feature_paths, precompute_latents, target_frames
+from dithead.training.split import split_by_identity
+from dithead.training.train_dit import DiTTrainingConfig, _fingerprint_config
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE = REPO / "stages" / "train_dit.py"

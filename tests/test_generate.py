@@ -5,13 +5,13 @@ import cv2
 import numpy as np
 import pytest
 
-from dithead.inference import watermark as wm
-from dithead.data.face import nearest_valid
 from dithead.data.audio_features import AudioFeatureSettings, audio_feature_extractor
-from dithead.inference.pipeline import DiTHeadPipeline, ModelDirectoryError, SampleSettings
+from dithead.data.face import nearest_valid
 from dithead.data.mask import MaskSettings, lower_face_mask
 from dithead.data.store import list_clips
 from dithead.data.video_reader import iter_frames
+from dithead.inference import watermark as wm
+from dithead.inference.pipeline import DiTHeadPipeline, ModelDirectoryError, SampleSettings
 
 FPS = 25
 

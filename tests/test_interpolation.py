@@ -10,9 +10,9 @@ import pytest
 import soundfile as sf
 import torch
 
+from dithead.inference.interpolation import (FlowInterpolator, IFNet, RifeInterpolator, WeightsError,
+                                             interpolate_video, load_rife, make_interpolator)
 from dithead.inference.video_writer import write_video
-from dithead.inference.interpolation import (FlowInterpolator, IFNet, RifeInterpolator, WeightsError, interpolate_video,
-                                   load_rife, make_interpolator)
 
 SIZE = 64
 REPO = Path(__file__).resolve().parents[1]

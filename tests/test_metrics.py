@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from dithead.models import lpips as lpips_module
-from dithead.models.lpips import LPIPS, MissingWeightsError
 from dithead.metrics import fid, syncnet
 from dithead.metrics.image import LIP_INDICES, mouth_box, psnr, ssim
 from dithead.metrics.landmarks import frame_lmd, lmd
 from dithead.metrics.weights import WeightsFormatError
+from dithead.models import lpips as lpips_module
+from dithead.models.lpips import LPIPS, MissingWeightsError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -80,11 +80,12 @@ def _config_classes():
     from dithead.data.preprocess import PreprocessConfig
     from dithead.inference.pipeline import SampleSettings
     from dithead.metrics.evaluation import EvalConfig
+    from dithead.stage import StagePaths
     from dithead.training.split import SplitSettings
     from dithead.training.train_dit import DiTTrainingConfig
     from dithead.training.train_vqgan import VQGANTrainingConfig
 
-    return [(MaskSettings, "mask", {}), (SplitSettings, "split", {}), (PreprocessConfig, "preprocess", {}),
+    return [(StagePaths, "paths", {}), (MaskSettings, "mask", {}), (SplitSettings, "split", {}), (PreprocessConfig, "preprocess", {}),
             (VQGANTrainingConfig, "vqgan", {"masked": True}), (DiTTrainingConfig, "dit", {}),
             (SampleSettings, "sample", {}), (EvalConfig, "evaluate", {}),
             (AudioFeatureSettings, "audio_features", {})]
@@ -93,6 +94,8 @@ def _config_classes():
 def _plain(value):
     if is_dataclass(value):
         return asdict(value)
+    if isinstance(value, Path):
+        return str(value)
     return list(value) if isinstance(value, tuple) else value
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dithead.inference.sampling import (TensorConditions, driving_frame_order, make_scheduler, pick_reference_index,
-                              sample_frame_by_frame, sample_lockstep)
+                                        sample_frame_by_frame, sample_lockstep)
 
 C, CM, H, W, D = 3, 3, 8, 8, 6
 

@@ -7,9 +7,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from dithead.training.split import valid_frames
 from dithead.training.split import (FrameRangeView, held_out_frames, make_split, reference_clips, split_by_time,
-                           training_clips)
+                                    training_clips, valid_frames)
 
 
 class FakeClip(SimpleNamespace):

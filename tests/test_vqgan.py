@@ -20,13 +20,13 @@ from diffusers import VQModel
 from safetensors.torch import load_file
 
 from conftest import run_until_sigkill, sigterm_self_when
-from dithead.training.vqgan_data import FrameDataset, split_frames
 from dithead.data.mask import MaskSettings
 from dithead.data.store import list_clips
 from dithead.metrics.image import psnr, ssim
+from dithead.models.vqgan import NLayerDiscriminator, VQAutoencoder, build_vqmodel, downsample_factor
 from dithead.training.run import Checkpointer, GracefulStop, StepSampler
 from dithead.training.train_vqgan import LossWeights, generator_loss, reconstruction_metrics
-from dithead.models.vqgan import NLayerDiscriminator, VQAutoencoder, build_vqmodel, downsample_factor
+from dithead.training.vqgan_data import FrameDataset, split_frames
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE = REPO / "stages" / "train_vqgan.py"

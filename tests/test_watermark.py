@@ -4,9 +4,9 @@ import av
 import numpy as np
 import pytest
 
+from dithead.data.video_reader import iter_source_frames
 from dithead.inference import watermark as wm
 from dithead.inference.video_writer import DEFAULT_CRF, write_video
-from dithead.data.video_reader import iter_source_frames
 
 N_FRAMES, SIZE = 20, 128
 

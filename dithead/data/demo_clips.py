@@ -23,9 +23,9 @@ import cv2
 import numpy as np
 from scipy.special import expit
 
-from dithead.inference import video_writer
 from dithead.data.audio import write_wav
 from dithead.fileio import atomic_path
+from dithead.inference import video_writer
 
 FPS = 30
 SAMPLE_RATE = 44100

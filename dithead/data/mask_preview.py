@@ -7,9 +7,9 @@ import os
 import cv2
 import numpy as np
 
-from dithead.fileio import atomic_path
 from dithead.data.mask import MaskSettings, apply_mask, lower_face_mask
 from dithead.data.store import ProcessedClip
+from dithead.fileio import atomic_path
 
 
 def preview_indices(clip: ProcessedClip, count: int) -> list[int]:

@@ -22,10 +22,11 @@ import numpy as np
 from tqdm import tqdm
 
 from dithead.data.audio import AudioError, align_to_frames, load_audio, write_wav
-from dithead.data.face import N_LANDMARKS, BoxSmoother, FaceTracker, TrackedFrame, crop_box, landmark_box, square_box, to_crop_coords
-from dithead.fileio import atomic_path, write_json
+from dithead.data.face import (N_LANDMARKS, BoxSmoother, FaceTracker, TrackedFrame, crop_box, landmark_box, square_box,
+                               to_crop_coords)
 from dithead.data.store import CropStoreWriter
 from dithead.data.video_reader import VideoError, is_video_file, iter_frames, probe_video
+from dithead.fileio import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 

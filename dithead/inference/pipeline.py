@@ -33,17 +33,16 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from dithead.inference import watermark as wm
-from dithead.models.latents import tensor_to_image
-from dithead.models.latents import decode_latents, encode_latents
-from dithead.inference.video_writer import DEFAULT_CRF, VideoWriter
-from dithead.data.face import nearest_valid, paste_back
 from dithead.data.audio_features import audio_windows
+from dithead.data.face import nearest_valid, paste_back
 from dithead.data.mask import MaskSettings, apply_mask, lower_face_mask
-from dithead.device import default_device
-from dithead.inference.sampling import driving_frame_order, make_scheduler, pick_reference_index, sample_lockstep
 from dithead.data.store import CropStore, CropStoreWriter, ProcessedClip
 from dithead.data.video_reader import iter_frames
+from dithead.device import check_precision, default_device
+from dithead.inference import watermark as wm
+from dithead.inference.sampling import driving_frame_order, make_scheduler, pick_reference_index, sample_lockstep
+from dithead.inference.video_writer import DEFAULT_CRF, VideoWriter
+from dithead.models.latents import decode_latents, encode_latents, tensor_to_image
 
 MODEL_NAME = "DiT-Head"
 
@@ -83,11 +82,12 @@ class SampleSettings:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 on GPUs that support it, else fp32."""
+    """``auto``: bf16 on GPUs that support it, else fp32; ``no``: fp32 (the vocabulary of ``dithead.device``)."""
+    check_precision(precision, "sample.precision")
     if precision == "auto":
         cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         return torch.bfloat16 if cuda_bf16 else torch.float32
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}[precision]
 
 
 class ClipConditions:

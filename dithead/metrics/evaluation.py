@@ -50,12 +50,12 @@ from tqdm import tqdm
 
 from dithead.data.audio import AudioError, NoAudioStream, load_audio
 from dithead.data.face import FaceTracker, crop_box, landmark_box, nearest_valid, square_box, to_crop_coords
+from dithead.data.video_reader import VideoError, iter_frames, probe_video
 from dithead.fileio import InputFileError
 from dithead.metrics import image as image_metrics
 from dithead.metrics.landmarks import frame_lmd
 from dithead.metrics.lipsync import LIPSYNC_METRICS, THEVAL, gt_normalised, lip_sync_metrics, why_missing
 from dithead.metrics.weights import MissingWeightsError, WeightsFormatError
-from dithead.data.video_reader import VideoError, iter_frames, probe_video
 
 METRICS = ("psnr", "ssim", "lpips", "fid", "lse_c", "lse_d", "lmd", "mouth_psnr", "mouth_ssim")
 SYNC_METRICS = ("lse_c", "lse_d")

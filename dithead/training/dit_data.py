@@ -35,14 +35,13 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from dithead.training.split import valid_frames
 from dithead.data.audio_features import audio_windows
-from dithead.fileio import atomic_path
-from dithead.data.mask import apply_mask, lower_face_mask, random_shift
-from dithead.data.mask import MaskSettings
-from dithead.models.latents import encode_latents, model_fingerprint
-from dithead.inference.sampling import pick_reference_index
+from dithead.data.mask import MaskSettings, apply_mask, lower_face_mask, random_shift
 from dithead.data.store import ProcessedClip
+from dithead.fileio import atomic_path
+from dithead.inference.sampling import pick_reference_index
+from dithead.models.latents import encode_latents, model_fingerprint
+from dithead.training.split import valid_frames
 
 LATENT_DTYPE = np.float16   # half the disk and page cache of float32; far below the diffusion noise
 

@@ -55,9 +55,9 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from dithead.device import check_precision
 from dithead.fileio import atomic_path, write_json
 
-MIXED_PRECISION_CHOICES = ("auto", "bf16", "fp16", "no")
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
 FINGERPRINT_FILE = "run.json"
 LIVE_SUBDIR = "live"
@@ -77,8 +77,7 @@ class TrainingInterrupted(Exception):
 
 def resolve_mixed_precision(choice: str) -> str:
     """``auto`` -> ``bf16`` where the GPU supports it, else ``no`` (CPU bf16 is slower than fp32)."""
-    if choice not in MIXED_PRECISION_CHOICES:
-        raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION_CHOICES)}, not {choice!r}")
+    check_precision(choice, "mixed_precision")
     if choice != "auto":
         return choice
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"

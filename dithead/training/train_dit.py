@@ -25,20 +25,20 @@ import torch
 from diffusers import DDIMScheduler, VQModel
 from diffusers.training_utils import EMAModel
 
-from dithead.models.latents import tensor_to_image
-from dithead.training.split import valid_frames
-from dithead.models.dit import DIT_PRESETS, DiTHead, diffusion_loss, dit_config, make_noise_scheduler, masked_region_weight
+from dithead.data.mask import MaskSettings
+from dithead.data.store import ProcessedClip
+from dithead.device import check_precision
+from dithead.fileio import atomic_path
+from dithead.models.dit import (DIT_PRESETS, DiTHead, diffusion_loss, dit_config, make_noise_scheduler,
+                                masked_region_weight)
+from dithead.models.latents import decode_latents, encode_latents, model_fingerprint, tensor_to_image
 from dithead.training.dit_data import (DiTDataset, LazyArrays, audio_feature_paths, clip_fingerprint, evenly_spaced,
                                        file_sha256, precompute_latents)
-from dithead.data.mask import MaskSettings
-from dithead.models.latents import decode_latents, encode_latents, model_fingerprint
-from dithead.fileio import atomic_path
+from dithead.training.run import (Checkpointer, GracefulStop, Throughput, TrainingInterrupted, check_minimums,
+                                  checkpoint_settings, log_image, log_metrics, make_accelerator, make_dataloader,
+                                  make_live, progress_bar)
 from dithead.training.split import (DataSplit, FrameRangeView, SplitSettings, held_out_frames, make_split,
-                                    reference_clips)
-from dithead.data.store import ProcessedClip
-from dithead.training.run import (MIXED_PRECISION_CHOICES, Checkpointer, GracefulStop, Throughput, TrainingInterrupted,
-                              check_minimums, checkpoint_settings, log_image, log_metrics, make_accelerator,
-                              make_dataloader, make_live, progress_bar)
+                                    reference_clips, valid_frames)
 
 SPLIT_FILE = "split.json"
 
@@ -113,9 +113,7 @@ class DiTTrainingConfig:
         if self.sample_steps > self.diffusion_steps:
             raise ValueError(f"dit.sample_steps ({self.sample_steps}) must be <= dit.diffusion_steps "
                              f"({self.diffusion_steps})")
-        if self.mixed_precision not in MIXED_PRECISION_CHOICES:
-            raise ValueError(f"dit.mixed_precision must be one of {', '.join(MIXED_PRECISION_CHOICES)}, "
-                             f"not {self.mixed_precision!r}")
+        check_precision(self.mixed_precision, "dit.mixed_precision")
 
 
 # How often the DiT stage validates and draws previews, and how it batches the

@@ -26,15 +26,16 @@ import torch.nn.functional as F
 from diffusers import VQModel
 from torch import nn
 
-from dithead.training.vqgan_data import FrameDataset, crop_size, split_frames
+from dithead.data.mask import MaskSettings
+from dithead.data.store import ProcessedClip
+from dithead.device import check_precision
+from dithead.metrics import image as image_metrics
 from dithead.models.latents import tensor_to_image
 from dithead.models.vqgan import NLayerDiscriminator, VQAutoencoder, build_vqmodel
-from dithead.data.mask import MaskSettings
-from dithead.metrics import image as image_metrics
-from dithead.data.store import ProcessedClip
 from dithead.training.run import (Checkpointer, GracefulStop, Throughput, TrainingInterrupted, check_minimums,
-                              checkpoint_settings, log_image, log_metrics, make_accelerator, make_dataloader, make_live,
-                              progress_bar, save_pretrained_atomic)
+                                  checkpoint_settings, log_image, log_metrics, make_accelerator, make_dataloader,
+                                  make_live, progress_bar, save_pretrained_atomic)
+from dithead.training.vqgan_data import FrameDataset, crop_size, split_frames
 
 # --------------------------------------------------------------------------- losses
 
@@ -208,6 +209,7 @@ class VQGANTrainingConfig:
                     "image_every": 1, "checkpoint_every": 0, "val_frames": 0, "workers": 0, "disc_start": 0,
                     "base_learning_rate": 0, "disc_weight": 0, "perceptual_weight": 0, "codebook_weight": 0}
         check_minimums(self, at_least, "vqgan")
+        check_precision(self.mixed_precision, "vqgan.mixed_precision")
 
     def loss_weights(self) -> LossWeights:
         return LossWeights(perceptual=self.perceptual_weight, codebook=self.codebook_weight,
