@@ -22,13 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, VQModel
+from diffusers import VQModel
 from diffusers.training_utils import EMAModel
 
 from dithead.data.mask import MaskSettings
 from dithead.data.store import ProcessedClip
 from dithead.device import check_precision
 from dithead.fileio import atomic_path
+from dithead.inference.sampling import make_scheduler, sample_independent
 from dithead.models.dit import (DIT_PRESETS, DiTHead, diffusion_loss, dit_config, make_noise_scheduler,
                                 masked_region_weight)
 from dithead.models.latents import decode_latents, encode_latents, model_fingerprint, tensor_to_image
@@ -263,16 +264,11 @@ def preview_grid(model: DiTHead, train_scheduler, dataset: DiTDataset, vq_masked
     model.eval()
     batch = _to_device(_collate(dataset, 0, min(count, len(dataset))), device)
     inputs = _conditions(batch, vq_masked, autocast)
-    # Latents are not bounded like pixels: no clipping of the predicted clean latent.
-    ddim = DDIMScheduler.from_config(train_scheduler.config, clip_sample=False)
-    ddim.set_timesteps(steps)
     g = torch.Generator().manual_seed(seed)
-    z = torch.randn(inputs["latents"].shape, generator=g).to(device) * ddim.init_noise_sigma
-    for t in ddim.timesteps:
-        with autocast():
-            eps = model(sample=z, masked=inputs["masked"], reference=inputs["reference"], audio=inputs["audio"],
-                        timestep=t.to(device)).sample
-        z = ddim.step(eps.float(), t, z).prev_sample
+    noise = torch.randn(inputs["latents"].shape, generator=g).to(device)
+    # The sample stage's DDIM (no clipping of the predicted clean latent: latents are not bounded like pixels).
+    z = sample_independent(model, make_scheduler("ddim", train_scheduler.config), inputs["masked"],
+                           inputs["reference"], inputs["audio"], steps=steps, noise=noise, autocast=autocast)
     with autocast():
         generated = decode_latents(vq_gt, z).float()
     clips = dataset.clips
