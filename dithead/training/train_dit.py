@@ -35,9 +35,8 @@ from dithead.models.dit import (DIT_PRESETS, DiTHead, diffusion_loss, dit_config
 from dithead.models.latents import decode_latents, encode_latents, model_fingerprint, tensor_to_image
 from dithead.training.dit_data import (DiTDataset, LazyArrays, audio_feature_paths, clip_fingerprint, evenly_spaced,
                                        file_sha256, precompute_latents)
-from dithead.training.run import (Checkpointer, GracefulStop, Throughput, TrainingInterrupted, check_minimums,
-                                  checkpoint_settings, log_image, log_metrics, make_accelerator, make_dataloader,
-                                  make_live, progress_bar)
+from dithead.training.run import (Cadence, TrainingRun, check_minimums, checkpoint_settings, log_image, log_metrics,
+                                  make_accelerator, make_dataloader)
 from dithead.training.split import (DataSplit, FrameRangeView, SplitSettings, held_out_frames, make_split,
                                     reference_clips, valid_frames)
 
@@ -310,16 +309,16 @@ def train_dit(clips: Sequence[ProcessedClip], config: DiTTrainingConfig, *, feat
                    "data": {clip.name: [clip_fingerprint(clip), file_sha256(data.train.features.paths[clip.name])]
                             for clip in clips},
                    "vqgan": [model_fingerprint(vq_masked), model_fingerprint(vq_gt)]}
-    checkpointer = Checkpointer(accelerator, checkpoint_dir, every=config.checkpoint_every,
-                                fingerprint=fingerprint, live_dir=live_dir)
-    start = checkpointer.resume(max_step=config.steps)
+    run = TrainingRun(accelerator, steps=config.steps,
+                      samples_per_step=config.batch_size * config.gradient_accumulation * accelerator.num_processes,
+                      desc="dit", checkpoint_dir=checkpoint_dir, fingerprint=fingerprint, live_dir=live_dir,
+                      cadence=Cadence(log_every=config.log_every, validate_every=config.val_every,
+                                      image_every=config.sample_every, checkpoint_every=config.checkpoint_every))
     ema.to(device)                    # a resumed EMA state is loaded on the CPU
-    live = make_live(accelerator, live_dir, resume=start > 0)
+    live = run.live
     batches = iter(make_dataloader(data.train, batch_size=config.batch_size, accelerator=accelerator,
-                                   seed=config.seed, start_step=start, workers=config.workers))
+                                   seed=config.seed, start_step=run.start, workers=config.workers))
     plain_model = accelerator.unwrap_model(model)
-    throughput = Throughput()
-    samples_per_step = config.batch_size * config.gradient_accumulation * accelerator.num_processes
     evaluation = dict(vq_masked=vq_masked, device=device, autocast=accelerator.autocast)
     val_inputs = validation_inputs(data.validation, vq_masked, batch_size=config.batch_size, device=device,
                                    autocast=accelerator.autocast) \
@@ -340,43 +339,33 @@ def train_dit(clips: Sequence[ProcessedClip], config: DiTTrainingConfig, *, feat
         accelerator.wait_for_everyone()
         return metrics
 
-    running = torch.zeros((), device=device)
-    running_count = 0
-    with GracefulStop() as stop, progress_bar(accelerator, total=config.steps, initial=start, desc="dit") as bar:
-        for step in range(start + 1, config.steps + 1):
-            for micro_step in range(config.gradient_accumulation):
-                batch = _to_device(next(batches), device)
-                inputs = _conditions(batch, vq_masked, accelerator.autocast)
-                noise_rng = step_generator(config.seed, step, micro_step, accelerator.process_index, device)
-                with accelerator.accumulate(model), accelerator.autocast():
-                    loss = diffusion_loss(model, scheduler, **inputs, generator=noise_rng, snr_gamma=config.snr_gamma,
-                                          region_weight=_region_weight(batch, inputs, config))
-                    accelerator.backward(loss)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                running += loss.detach()
-                running_count += 1
-            ema.step(plain_model.parameters())
+    running = [torch.zeros((), device=device), 0]        # loss sum and micro-batches since the last log
 
-            rate = throughput.update(samples_per_step)
-            bar.update(1)
-            if step % config.log_every == 0 or step == config.steps:
-                mean_loss = float(accelerator.reduce(running / running_count, reduction="mean"))
-                running.zero_()
-                running_count = 0
-                bar.set_postfix(loss=f"{mean_loss:.4f}", samples_s=f"{rate:.1f}")
-                log_metrics(live, step, {"train/loss": mean_loss, "train/samples_per_s": rate})
-            if step != config.steps and (step % config.val_every == 0 or step % config.sample_every == 0):
-                validate(step, with_images=step % config.sample_every == 0)
-            saved = checkpointer.maybe_save(step)
-            if stop.should_stop(accelerator) and step != config.steps:
-                raise TrainingInterrupted(step, saved or checkpointer.save(step))
+    def train_step(step: int) -> None:
+        for micro_step in range(config.gradient_accumulation):
+            batch = _to_device(next(batches), device)
+            inputs = _conditions(batch, vq_masked, accelerator.autocast)
+            noise_rng = step_generator(config.seed, step, micro_step, accelerator.process_index, device)
+            with accelerator.accumulate(model), accelerator.autocast():
+                loss = diffusion_loss(model, scheduler, **inputs, generator=noise_rng, snr_gamma=config.snr_gamma,
+                                      region_weight=_region_weight(batch, inputs, config))
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            running[0] += loss.detach()
+            running[1] += 1
+        ema.step(plain_model.parameters())
 
+    def train_metrics(step: int, rate: float) -> dict[str, float]:
+        mean_loss = float(accelerator.reduce(running[0] / running[1], reduction="mean"))
+        running[0].zero_()
+        running[1] = 0
+        return {"train/loss": mean_loss, "train/samples_per_s": rate}
+
+    run.loop(step=train_step, train_metrics=train_metrics, validate=validate)
     final = validate(config.steps, with_images=True)
     save_dit(accelerator, output_dir, plain_model, ema, scheduler, data.split)
-    if live is not None:
-        live.end()
-    checkpointer.clear()
+    run.finish()
     return final
 
 

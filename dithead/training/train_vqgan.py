@@ -32,9 +32,8 @@ from dithead.device import check_precision
 from dithead.metrics import image as image_metrics
 from dithead.models.latents import tensor_to_image
 from dithead.models.vqgan import NLayerDiscriminator, VQAutoencoder, build_vqmodel
-from dithead.training.run import (Checkpointer, GracefulStop, Throughput, TrainingInterrupted, check_minimums,
-                                  checkpoint_settings, log_image, log_metrics, make_accelerator, make_dataloader,
-                                  make_live, progress_bar, save_pretrained_atomic)
+from dithead.training.run import (Cadence, TrainingRun, check_minimums, checkpoint_settings, log_image, log_metrics,
+                                  make_accelerator, make_dataloader, save_pretrained_atomic)
 from dithead.training.vqgan_data import FrameDataset, crop_size, split_frames
 
 # --------------------------------------------------------------------------- losses
@@ -296,17 +295,18 @@ def train_vqgan(clips: Sequence[ProcessedClip], config: VQGANTrainingConfig, *, 
     trainer = VQGANTrainer(accelerator, config, image_size=size, perceptual=perceptual)
 
     fingerprint = {"config": _fingerprint_config(config), "data": [[clip.name, len(clip)] for clip in clips]}
-    checkpointer = Checkpointer(accelerator, checkpoint_dir, every=config.checkpoint_every,
-                                fingerprint=fingerprint, live_dir=live_dir)
-    start = checkpointer.resume(max_step=config.steps)
-    live = make_live(accelerator, live_dir, resume=start > 0)
+    run = TrainingRun(accelerator, steps=config.steps,
+                      samples_per_step=config.batch_size * config.gradient_accumulation * accelerator.num_processes,
+                      desc=f"vqgan {'masked' if config.masked else 'gt'}", checkpoint_dir=checkpoint_dir,
+                      fingerprint=fingerprint, live_dir=live_dir,
+                      cadence=Cadence(log_every=config.log_every, validate_every=config.eval_every,
+                                      image_every=config.image_every, checkpoint_every=config.checkpoint_every))
+    live = run.live
     batches = iter(make_dataloader(train_set, batch_size=config.batch_size, accelerator=accelerator,
-                                   seed=config.seed, start_step=start, workers=config.workers))
+                                   seed=config.seed, start_step=run.start, workers=config.workers))
 
     plain_autoencoder = trainer.plain_autoencoder
     window = _MetricWindow(config.codebook_size, device)
-    throughput = Throughput()
-    images_per_step = config.batch_size * config.gradient_accumulation * accelerator.num_processes
 
     def validate(step: int, with_images: bool) -> tuple[dict[str, float], float | None]:
         """Held-out metrics and the latents' std, measured by the main process alone (the others get ``{}, None``)."""
@@ -327,35 +327,20 @@ def train_vqgan(clips: Sequence[ProcessedClip], config: VQGANTrainingConfig, *, 
             log_image(live, step, "reconstructions.png", grid)
         accelerator.wait_for_everyone()
 
-    with GracefulStop() as stop, progress_bar(accelerator, total=config.steps, initial=start,
-                                              desc=f"vqgan {'masked' if config.masked else 'gt'}") as bar:
-        for step in range(start + 1, config.steps + 1):
-            for _ in range(config.gradient_accumulation):
-                logs, codes = trainer.micro_step(next(batches), step)
-                window.add(logs, codes)
+    def train_step(step: int) -> None:
+        for _ in range(config.gradient_accumulation):
+            logs, codes = trainer.micro_step(next(batches), step)
+            window.add(logs, codes)
 
-            rate = throughput.update(images_per_step)
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(logs['loss']):.4f}", img_s=f"{rate:.1f}")
-            if step % config.log_every == 0 or step == config.steps:
-                log_metrics(live, step, {**window.means(accelerator), "train/images_per_s": rate})
-            if step % config.eval_every == 0 and step != config.steps:
-                validate(step, with_images=step % config.image_every == 0)
-            elif step % config.image_every == 0 and step != config.steps:
-                preview(step)
-            saved = checkpointer.maybe_save(step)
-            if stop.should_stop(accelerator) and step != config.steps:
-                raise TrainingInterrupted(step, saved or checkpointer.save(step))
-
+    run.loop(step=train_step, train_metrics=lambda step, rate: {**window.means(accelerator), "train/images_per_s": rate},
+             validate=validate, images=preview)
     final, latent_std = validate(config.steps, with_images=True)
     vq = plain_autoencoder.vq
     if latent_std is not None:
         # Unit-variance latents for the diffusion model, like Stable Diffusion's scaling factor.
         vq.register_to_config(scaling_factor=1.0 / latent_std)
     save_pretrained_atomic(accelerator, output_dir, vq)
-    if live is not None:
-        live.end()
-    checkpointer.clear()
+    run.finish()
     return final
 
 
