@@ -9,7 +9,7 @@ Defaults are tiny so the script runs anywhere in seconds. The paper's model on a
 also times the VQGAN encoder (LDM's vq-f4 at the matching image size), the
 cost of encoding a frame during training rather than once beforehand.
 
-FLOPs are counted from the config (``dithead.dit.forward_flops``: every matmul,
+FLOPs are counted from the config (``dithead.models.dit.forward_flops``: every matmul,
 multiply and add counted separately); a training step is counted as 3 forwards
 (backward = 2x forward), which leaves out the recomputation of gradient
 checkpointing, so MFU stays comparable with and without it.
@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from dithead.dit import DIT_PRESETS, DiTHead, diffusion_loss, dit_config, forward_flops, make_noise_scheduler
+from dithead.models.dit import DIT_PRESETS, DiTHead, diffusion_loss, dit_config, forward_flops, make_noise_scheduler
 
 
 def parse_args() -> argparse.Namespace:
@@ -79,7 +79,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, size: int) -> float:
 def vqgan_encode_seconds(image_size: int, batch: int, device: torch.device, autocast, steps: int,
                          warmup: int) -> float:
     """Seconds per image for LDM's vq-f4 encoder (as built by the VQGAN stage)."""
-    from dithead.vqgan import build_vqmodel
+    from dithead.models.vqgan import build_vqmodel
 
     vq = build_vqmodel(image_size=image_size, channels=[128, 256, 512], layers_per_block=2, latent_channels=3,
                        codebook_size=8192, norm_groups=32).to(device).eval()

@@ -21,8 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dithead.store import ProcessedClip
-from dithead.video import iter_frames
+from dithead.data.store import ProcessedClip
+from dithead.data.video_reader import iter_frames
 
 SAMPLES = Path("outputs/samples")
 CURVES = Path("dvclive/evaluate/plots/custom")

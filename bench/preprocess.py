@@ -43,7 +43,7 @@ def repeat_video(video: Path, times: int, out: Path) -> Path:
 
 
 def _decode_only(video: str, queue) -> None:
-    from dithead.video import iter_source_frames
+    from dithead.data.video_reader import iter_source_frames
 
     start = time.perf_counter()
     n = sum(1 for _ in iter_source_frames(video))
@@ -51,7 +51,7 @@ def _decode_only(video: str, queue) -> None:
 
 
 def _preprocess(video: str, size: int, codec: str, out: str, queue) -> None:
-    from dithead.preprocess import PreprocessConfig, process_clip
+    from dithead.data.preprocess import PreprocessConfig, process_clip
 
     start = time.perf_counter()
     result = process_clip(video, out, PreprocessConfig(size=size, codec=codec), name="clip")
@@ -81,7 +81,7 @@ def in_fresh_process(target, *args) -> dict:
 def store_read_speed(clip_dir: Path, reads: int = 500) -> dict:
     import numpy as np
 
-    from dithead.store import CropStore
+    from dithead.data.store import CropStore
 
     store = CropStore(clip_dir)
     order = np.random.default_rng(0).integers(0, len(store), reads)

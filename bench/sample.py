@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dithead.dit import DiTHead, dit_config, forward_flops
-from dithead.encode import VideoWriter
-from dithead.sampling import make_scheduler, sample_frame_by_frame, sample_lockstep
+from dithead.inference.sampling import make_scheduler, sample_frame_by_frame, sample_lockstep
+from dithead.inference.video_writer import VideoWriter
+from dithead.models.dit import DiTHead, dit_config, forward_flops
 
 FPS = 25
 

@@ -23,11 +23,12 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from dithead.audio import write_wav
-from dithead.generate import DiTHeadPipeline, SampleSettings
-from dithead.metrics.video import EvalConfig, Evaluator
-from dithead.params import load_params
-from dithead.store import ProcessedClip
+from dithead.data.audio import write_wav
+from dithead.data.mask import MaskSettings
+from dithead.data.store import ProcessedClip
+from dithead.inference.pipeline import DiTHeadPipeline, SampleSettings
+from dithead.metrics.evaluation import EvalConfig, Evaluator
+from dithead.params import load_params, section_config
 
 COLUMNS = ("mouth_open_r", "av_offset", "mouth_open_std_ratio", "mouth_psnr", "lmd", "psnr")
 
@@ -54,10 +55,9 @@ def run_config(solver: str, steps: int, params: dict, clip: ProcessedClip, frame
     features = held_out_audio(clip, *frames, fps, work / "audio.wav")
     pipe = DiTHeadPipeline.from_pretrained("models", weights=params["sample"]["weights"], solver=solver,
                                            precision=params["sample"]["precision"], fps=fps,
-                                           mask_kernel_size=params["mask"]["kernel_size"],
-                                           mask_sigma=params["mask"]["sigma"], mask_region=params["mask"]["region"])
+                                           mask=section_config(MaskSettings, params["mask"], "mask"))
     settings = SampleSettings(steps=steps, seed=params["seed"], chunk_size=params["sample"]["chunk_size"],
-                              min_reference_distance=params["dit"]["min_ref_distance"])
+                              min_ref_distance=params["dit"]["min_ref_distance"])
     video = work / f"{solver}_{steps}.mp4"
     start = time.perf_counter()
     report = pipe.sample_clip(clip, features, work / "audio.wav", video, settings, frames=frames,

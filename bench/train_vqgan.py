@@ -1,6 +1,6 @@
 """Training throughput of one VQGAN: images/s of the real training step (and peak GPU memory).
 
-Times ``dithead.vqgan.VQGANTrainer.micro_step`` (autoencoder + discriminator
+Times ``dithead.training.train_vqgan.VQGANTrainer.micro_step`` (autoencoder + discriminator
 updates, adaptive GAN weight, optional LPIPS) on random images, so the figure
 is the model's cost without data loading. Defaults are tiny; examples:
 
@@ -53,9 +53,9 @@ def main() -> int:
         sys.exit("--device cuda: no CUDA device visible")
     torch.set_num_threads(args.threads)
 
-    from dithead.lpips import LPIPS
-    from dithead.training import make_accelerator
-    from dithead.vqgan import VQGANTrainer, VQGANTrainingConfig
+    from dithead.models.lpips import LPIPS
+    from dithead.training.run import make_accelerator
+    from dithead.training.train_vqgan import VQGANTrainer, VQGANTrainingConfig
 
     params = vqgan_params(args.preset)
     params.update(mixed_precision=args.mixed_precision, perceptual_weight=1.0 if args.perceptual else 0.0,

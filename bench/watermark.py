@@ -37,9 +37,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dithead import watermark as wm
-from dithead.encode import write_video
-from dithead.video import iter_source_frames
+from dithead.data.video_reader import iter_source_frames
+from dithead.inference import watermark as wm
+from dithead.inference.video_writer import write_video
 
 REPO = Path(__file__).resolve().parents[1]
 VIDEO_SUFFIXES = {".mp4", ".mpg", ".mpeg", ".mov", ".mkv", ".avi", ".webm", ".m4v"}

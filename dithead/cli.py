@@ -16,11 +16,11 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from . import __version__
+from dithead import __version__
 
 
 def cmd_demo_data(args) -> int:
-    from .demo import make_demo_data
+    from dithead.data.demo_clips import make_demo_data
 
     for path in make_demo_data(args.out, args.seconds):
         print(path)
@@ -28,7 +28,7 @@ def cmd_demo_data(args) -> int:
 
 
 def cmd_profile(args) -> int:
-    from .params import apply_profile, load_profile, set_args
+    from dithead.params import apply_profile, load_profile, set_args
 
     if args.set_args:
         print(" ".join(set_args(load_profile(args.name))))
@@ -39,7 +39,7 @@ def cmd_profile(args) -> int:
 
 
 def cmd_preprocess(args) -> int:
-    from .preprocess import PreprocessConfig, process_clip
+    from dithead.data.preprocess import PreprocessConfig, process_clip
 
     cfg = PreprocessConfig(fps=args.fps, size=args.size, margin=args.margin, smooth_frames=args.smooth_frames,
                            min_valid_frames=args.min_valid_frames)
@@ -52,17 +52,17 @@ def cmd_features(args) -> int:
     import numpy as np
     import soundfile as sf
 
-    from .device import default_device
-    from .features import frame_features, load_wav2vec2
-    from .fileio import atomic_path
-    from .store import ProcessedClip
+    from dithead.device import default_device
+    from dithead.data.audio_features import AudioFeatureSettings, load_encoder, settings_features
+    from dithead.fileio import atomic_path
+    from dithead.data.store import ProcessedClip
 
     clip = ProcessedClip(args.clip)
     device = default_device()
-    net = load_wav2vec2(args.model, device) if args.encoder == "wav2vec2" else None
+    settings = AudioFeatureSettings(encoder=args.encoder, model=args.model, n_mels=args.n_mels)
+    net = load_encoder(settings, device)
     samples, rate = sf.read(clip.audio_path, dtype="float32")
-    feats = frame_features(samples, rate, len(clip), clip.meta["fps"], args.encoder, n_mels=args.n_mels,
-                           net=net, device=device)
+    feats = settings_features(samples, rate, len(clip), clip.meta["fps"], settings, net=net, device=device)
     out = Path(args.out or Path(args.clip) / "features.npy")
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
         np.save(f, feats)
@@ -71,40 +71,42 @@ def cmd_features(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from .device import default_device
-    from .fileio import atomic_path, write_json
-    from .generate import DiTHeadPipeline, SampleSettings, audio_feature_extractor
-    from .params import load_params
-    from .preprocess import PreprocessConfig
+    from dataclasses import replace
+
+    from dithead.data.audio_features import AudioFeatureSettings, audio_feature_extractor
+    from dithead.data.mask import MaskSettings
+    from dithead.data.preprocess import PreprocessConfig
+    from dithead.device import default_device
+    from dithead.fileio import atomic_path, write_json
+    from dithead.inference.pipeline import DiTHeadPipeline, SampleSettings
+    from dithead.params import load_params, section_config
 
     params = load_params(args.params)
-    p, features = params["sample"], params["audio_features"]
     device = default_device()
     extractor = audio_feature_extractor(
-        features["encoder"], fps=params["data"]["fps"], sample_rate=params["data"]["sample_rate"],
-        n_mels=features["n_mels"], model=features["model"], output=features["output"], layer=features["layer"],
-        chunk_seconds=features["chunk_seconds"], device=device)
-    pipe = DiTHeadPipeline.from_pretrained(args.models, weights=p["weights"], solver=args.solver or p["solver"],
-                                           precision=p["precision"], device=device,
-                                           mask_kernel_size=params["mask"]["kernel_size"],
-                                           mask_sigma=params["mask"]["sigma"], mask_region=params["mask"]["region"],
+        section_config(AudioFeatureSettings, params["audio_features"], "audio_features"), fps=params["data"]["fps"],
+        sample_rate=params["data"]["sample_rate"], device=device)
+    settings = section_config(SampleSettings, params["sample"], "sample", seed=args.seed,
+                              min_ref_distance=params["dit"]["min_ref_distance"])
+    settings = replace(settings, steps=args.steps or settings.steps, solver=args.solver or settings.solver)
+    pipe = DiTHeadPipeline.from_pretrained(args.models, weights=settings.weights, solver=settings.solver,
+                                           precision=settings.precision, device=device,
+                                           mask=section_config(MaskSettings, params["mask"], "mask"),
                                            fps=params["data"]["fps"], audio_features=extractor)
-    settings = SampleSettings(steps=args.steps or p["steps"], seed=args.seed, chunk_size=p["chunk_size"],
-                              eta=p["eta"], crf=p["crf"], watermark_message=p["watermark"]["message"],
-                              watermark_strength=p["watermark"]["strength"],
-                              min_reference_distance=params["dit"]["min_ref_distance"])
+    # Crop exactly as the training data was cropped (margin, smoothing, size).
+    preprocess = section_config(PreprocessConfig, params["preprocess"], "preprocess", fps=params["data"]["fps"],
+                                sample_rate=params["data"]["sample_rate"])
     out = Path(args.out)
     with atomic_path(out) as tmp:
-        # Crop exactly as the training data was cropped (margin, smoothing, size).
-        report = pipe(args.video, args.audio, tmp, settings, PreprocessConfig.from_params(params))
+        report = pipe(args.video, args.audio, tmp, settings, preprocess)
         if args.interpolate:
-            from .interpolation import interpolate_video
-            from .watermark import marker
+            from dithead.inference.interpolation import interpolate_video
+            from dithead.inference.watermark import marker
 
             doubled = tmp.with_name(tmp.stem + ".50fps" + tmp.suffix)
-            interpolation = interpolate_video(tmp, doubled, params["interpolate"]["method"], params["weights"].get("rife") or None,
-                              device=device, crf=p["crf"],
-                              mark=marker(p["watermark"]["message"], p["watermark"]["strength"]))
+            interpolation = interpolate_video(tmp, doubled, params["interpolate"]["method"],
+                                              params["weights"].get("rife") or None, device=device, crf=settings.crf,
+                                              mark=marker(settings.watermark.message, settings.watermark.strength))
             doubled.replace(tmp)
     factor = 2 if args.interpolate else 1
     print(f"{out}: {report['frames'] * factor} frames at {params['data']['fps'] * factor:g} fps "
@@ -127,8 +129,8 @@ def watermark_settings(args) -> tuple[str, float]:
     A missing params file is an error only when --params was given; without one,
     the defaults are what `dithead generate` embeds with the shipped params.yaml.
     """
-    from .params import PARAMS_FILE, load_params
-    from .watermark import DEFAULT_MESSAGE, DEFAULT_STRENGTH
+    from dithead.inference.watermark import DEFAULT_MESSAGE, DEFAULT_STRENGTH
+    from dithead.params import PARAMS_FILE, load_params
 
     message, strength = DEFAULT_MESSAGE, DEFAULT_STRENGTH
     if args.params is not None or Path(PARAMS_FILE).is_file():
@@ -139,7 +141,7 @@ def watermark_settings(args) -> tuple[str, float]:
 
 
 def cmd_watermark_detect(args) -> int:
-    from .watermark import detect_video
+    from dithead.inference.watermark import detect_video
 
     message, strength = watermark_settings(args)
     report = detect_video(args.video, message=message, strength=strength, max_frames=args.max_frames)
@@ -211,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--strength", type=float, help="the embedding strength (default: sample.watermark.strength)")
     d.set_defaults(func=cmd_watermark_detect)
 
-    from .metrics.cli import add_evaluate_parser
+    from dithead.metrics.cli import add_evaluate_parser
 
     add_evaluate_parser(sub)
     return parser
@@ -229,16 +231,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by the user's input or setup (bugs still show a traceback)."""
-    from .audio import AudioError
-    from .features import FeatureModelError
-    from .generate import ModelDirectoryError
-    from .metrics.video import EvaluationError
-    from .metrics.weights import MissingWeightsError, WeightsFormatError
-    from .preprocess import ClipSkipped
-    from .video import VideoError
+    from dithead.data.audio import AudioError
+    from dithead.data.audio_features import FeatureModelError
+    from dithead.data.preprocess import ClipSkipped
+    from dithead.data.video_reader import VideoError
+    from dithead.inference.pipeline import ModelDirectoryError
+    from dithead.metrics.evaluation import EvaluationError
+    from dithead.metrics.weights import MissingWeightsError, WeightsFormatError
+    from dithead.params import ParamsError
 
     return (VideoError, AudioError, ClipSkipped, FeatureModelError, EvaluationError, MissingWeightsError,
-            WeightsFormatError, ModelDirectoryError, FileNotFoundError)
+            WeightsFormatError, ModelDirectoryError, ParamsError, FileNotFoundError)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,15 @@
-"""Where inference-time stages run (training stages let accelerate decide)."""
+"""Where inference-time stages run (training stages let accelerate decide), and in which precision.
+
+``PRECISIONS`` is the one vocabulary of ``dit.mixed_precision``, ``vqgan.mixed_precision``
+and ``sample.precision``: ``auto`` (bf16 on GPUs that support it, else full
+precision), ``bf16``, ``fp16`` or ``no`` (full fp32 precision, accelerate's word).
+"""
 
 from __future__ import annotations
 
 import os
+
+PRECISIONS = ("auto", "bf16", "fp16", "no")
 
 
 def default_device() -> str:
@@ -10,3 +17,10 @@ def default_device() -> str:
     import torch
 
     return os.environ.get("DITHEAD_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def check_precision(choice: str, key: str) -> str:
+    """``choice`` if it is one of ``PRECISIONS``; else a ValueError naming the param ``key``."""
+    if choice not in PRECISIONS:
+        raise ValueError(f"{key} must be one of {', '.join(PRECISIONS)}, not {choice!r}")
+    return choice

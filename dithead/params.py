@@ -1,4 +1,10 @@
-"""Reading params.yaml and applying profiles (named sets of overrides).
+"""Reading params.yaml, turning its sections into config objects, and applying profiles.
+
+Stage scripts read params.yaml with ``load_params()`` and turn each section
+into the library's config dataclass with ``section_config()``: one way from
+params to code. A config's field names are the section's keys, so an unknown
+key is a typo (or a parameter nobody reads) and raises ``ParamsError``.
+Library code never reads params.yaml itself.
 
 A profile is a YAML file in ``profiles/`` whose keys override the same keys of
 ``params.yaml``. It can be applied in place (so ``dvc repro`` and
@@ -8,14 +14,22 @@ arguments for ``dvc exp run``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, TypeVar
 
 import yaml
 
 PARAMS_FILE = "params.yaml"
 PROFILES_DIR = "profiles"
+
+Config = TypeVar("Config")
+
+
+class ParamsError(ValueError):
+    """A params section does not fit its config: a key the config does not have."""
 
 
 def load_params(path: str | os.PathLike = PARAMS_FILE) -> dict[str, Any]:
@@ -24,6 +38,37 @@ def load_params(path: str | os.PathLike = PARAMS_FILE) -> dict[str, Any]:
         raise FileNotFoundError(f"{path}: params file not found (run from the project folder, or pass its path)")
     with open(path, encoding="utf-8") as f:
         return yaml.safe_load(f) or {}
+
+
+def section_config(cls: type[Config], section: Mapping[str, Any] | None, name: str, **extra: Any) -> Config:
+    """``cls`` (a dataclass) from the params section ``name``, plus ``extra`` values from elsewhere.
+
+    Every key of ``section`` must be a field of ``cls``; an unknown one raises
+    :class:`ParamsError` naming ``<name>.<key>``. A field whose default is
+    itself a dataclass (e.g. ``sample.watermark``) is built from its nested
+    section the same way. Range checks stay with the config (``__post_init__``).
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    section = dict(section or {})
+    unknown = sorted(set(section) - set(fields))
+    if unknown:
+        raise ParamsError(f"params.yaml {name} has unknown key(s) {', '.join(unknown)}")
+    for key, value in section.items():
+        nested = _dataclass_default(fields[key])
+        if nested is not None and isinstance(value, Mapping):
+            section[key] = section_config(nested, value, f"{name}.{key}")
+    return cls(**section, **extra)
+
+
+def _dataclass_default(field: dataclasses.Field) -> type | None:
+    """The dataclass type of a field whose default (factory) is a dataclass instance, else None."""
+    if field.default_factory is not dataclasses.MISSING:
+        default = field.default_factory()
+    elif field.default is not dataclasses.MISSING:
+        default = field.default
+    else:
+        return None
+    return type(default) if dataclasses.is_dataclass(default) else None
 
 
 def load_profile(name: str, profiles_dir: str | os.PathLike = PROFILES_DIR) -> dict[str, Any]:

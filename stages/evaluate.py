@@ -20,59 +20,55 @@ import numpy as np
 
 from dithead.device import default_device
 from dithead.fileio import atomic_path, write_json
-from dithead.metrics.video import EvalConfig, EvaluationError, evaluate_samples
-from dithead.params import load_params
+from dithead.metrics.evaluation import EvalConfig, EvaluationError, evaluate_samples
+from dithead.params import load_params, section_config
+from dithead.stage import StageError, StagePaths, clear_errors
 
-SAMPLES = Path("outputs/samples")
-METRICS = Path("metrics/eval.json")
-OUT_DIR = Path("outputs/eval")
-LIVE_DIR = Path("dvclive/evaluate")
+STAGE = "evaluate"
 PLOTTED = ("psnr", "lmd")
 
 
 def config(params: dict) -> EvalConfig:
-    p = params["evaluate"]
-    return EvalConfig(metrics=p["metrics"], fps=params["data"]["fps"], crop_size=p["crop_size"],
-                      crop_margin=p["crop_margin"], smooth_frames=p["smooth_frames"], mouth_margin=p["mouth_margin"],
-                      max_frames=p["max_frames"], psnr_cap=p["psnr_cap"], boxes=p["boxes"],
-                      syncnet_vshift=p["syncnet_vshift"], lipsync_max_offset=p["lipsync_max_offset"],
-                      batch_size=p["batch_size"], device=default_device())
+    return section_config(EvalConfig, params["evaluate"], "evaluate", fps=params["data"]["fps"],
+                          device=default_device())
 
 
 def main() -> int:
     params = load_params()
-    first = min((p.stem for p in SAMPLES.glob("*.mp4")), default=None)
-    with atomic_path(OUT_DIR) as out:
-        out.mkdir(parents=True)
-        side_by_side = (first, out / f"{first}_side_by_side.mp4") if first else None
-        try:
-            evaluation = evaluate_samples(SAMPLES, params["data"]["raw_dir"], params.get("weights") or {},
-                                          config(params), side_by_side)
-        except EvaluationError as error:   # e.g. no generated videos
-            raise SystemExit(f"evaluate: {error}") from None
-        summary = evaluation.metrics_json()
-        # Explanations go to the report and the log; the metrics file stays numeric (`dvc metrics show`).
-        write_json(out / "report.json", {"clips": {name: r.report for name, r in evaluation.results.items()},
-                                         "missing": summary["missing"], "failed": summary["failed"]})
-    write_json(METRICS, {key: summary[key] for key in ("overall", "baselines", "clips")})
-    write_plots(evaluation.results)
-    for name, reason in summary["failed"].items():
-        print(f"evaluate: {name} not evaluated: {reason}", file=sys.stderr)
-    for metric, reason in summary["missing"].items():
-        print(f"evaluate: {metric} {reason}", file=sys.stderr)
-    if not evaluation.results:
-        raise SystemExit(f"evaluate: no clip could be evaluated (see {OUT_DIR / 'report.json'})")
+    with clear_errors(STAGE, ValueError):              # an unknown evaluate key, metric or box mode
+        paths = section_config(StagePaths, params.get("paths"), "paths")
+        settings = config(params)
+    metrics_path = paths.metrics / "eval.json"
+    first = min((p.stem for p in paths.samples.glob("*.mp4")), default=None)
+    with clear_errors(STAGE, EvaluationError):         # e.g. no generated videos
+        with atomic_path(paths.evaluation) as out:
+            out.mkdir(parents=True)
+            side_by_side = (first, out / f"{first}_side_by_side.mp4") if first else None
+            evaluation = evaluate_samples(paths.samples, params["data"]["raw_dir"], params.get("weights") or {},
+                                          settings, side_by_side)
+            summary = evaluation.metrics_json()
+            # Explanations go to the report and the log; the metrics file stays numeric (`dvc metrics show`).
+            write_json(out / "report.json", {"clips": {name: r.report for name, r in evaluation.results.items()},
+                                             "missing": summary["missing"], "failed": summary["failed"]})
+        write_json(metrics_path, {key: summary[key] for key in ("overall", "baselines", "clips")})
+        write_plots(evaluation.results, paths.dvclive / STAGE)
+        for name, reason in summary["failed"].items():
+            print(f"evaluate: {name} not evaluated: {reason}", file=sys.stderr)
+        for metric, reason in summary["missing"].items():
+            print(f"evaluate: {metric} {reason}", file=sys.stderr)
+        if not evaluation.results:
+            raise StageError(f"no clip could be evaluated (see {paths.evaluation / 'report.json'})")
     shown = ", ".join(f"{k} {v:.4g}" for k, v in summary["overall"].items())
-    print(f"evaluate: {shown} -> {METRICS}")
+    print(f"evaluate: {shown} -> {metrics_path}")
     return 0
 
 
-def write_plots(results: dict) -> None:
+def write_plots(results: dict, live_dir: Path) -> None:
     """Per-frame PSNR, LMD and mouth opening of each clip as dvclive custom plots (``dvc plots show``)."""
     from dvclive import Live
 
     # dvc.yaml declares the plots; dvclive writes no dvc.yaml and saves no experiment.
-    live = Live(str(LIVE_DIR), dvcyaml=None, save_dvc_exp=False, report=None)
+    live = Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
     for clip, result in results.items():
         for metric in PLOTTED:
             values = result.per_frame.get(metric)

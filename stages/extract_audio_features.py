@@ -3,43 +3,40 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from dithead.data.audio_features import AudioFeatureSettings, FeatureModelError, load_encoder, settings_features
+from dithead.data.store import list_clips
 from dithead.device import default_device
-from dithead.features import FeatureModelError, frame_features, load_wav2vec2
 from dithead.fileio import atomic_path, write_json
-from dithead.params import load_params
-from dithead.store import list_clips
+from dithead.params import load_params, section_config
+from dithead.stage import StagePaths, clear_errors
 
-PROCESSED = Path("data/processed")
-FEATURES = Path("data/features")
+STAGE = "extract_audio_features"
 
 
 def main() -> int:
     params = load_params()
-    p, fps = params["audio_features"], params["data"]["fps"]
+    fps = params["data"]["fps"]
     device = default_device()
-    try:
-        net = load_wav2vec2(p["model"], device) if p["encoder"] == "wav2vec2" else None
-    except FeatureModelError as error:
-        raise SystemExit(f"extract_audio_features: {error}") from None
+    with clear_errors(STAGE, FeatureModelError, ValueError):    # the encoder's weights; a bad parameter
+        paths = section_config(StagePaths, params.get("paths"), "paths")
+        p = section_config(AudioFeatureSettings, params["audio_features"], "audio_features")
+        net = load_encoder(p, device)
     dim = None
-    with atomic_path(FEATURES) as tmp:
+    with atomic_path(paths.features) as tmp:
         tmp.mkdir(parents=True)
-        for clip in tqdm(list_clips(PROCESSED), desc="audio features", unit="clip"):
+        for clip in tqdm(list_clips(paths.processed), desc="audio features", unit="clip"):
             samples, rate = sf.read(clip.audio_path, dtype="float32")
-            feats = frame_features(samples, rate, len(clip), fps, p["encoder"], n_mels=p["n_mels"], net=net,
-                                   output=p["output"], layer=p["layer"], chunk_seconds=p["chunk_seconds"],
-                                   device=device)
+            feats = settings_features(samples, rate, len(clip), fps, p, net=net, device=device)
             np.save(tmp / f"{clip.name}.npy", feats)
             dim = feats.shape[1]
-        write_json(tmp / "features.json", {"encoder": p["encoder"], "model": p["model"] if net is not None else None,
-                                           "output": p["output"], "dim": dim, "fps": fps})
-    print(f"extract_audio_features: {p['encoder']} features, {dim} per frame -> {FEATURES}")
+        write_json(tmp / "features.json", {"encoder": p.encoder, "model": p.model if net is not None else None,
+                                           "output": p.output, "dim": dim, "fps": fps})
+    print(f"extract_audio_features: {p.encoder} features, {dim} per frame -> {paths.features}")
     return 0
 
 

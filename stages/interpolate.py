@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict
-from pathlib import Path
 
-from dithead import watermark
+from dithead.data.video_reader import VideoError
 from dithead.device import default_device
-from dithead.encode import EncodeError
 from dithead.fileio import atomic_path, write_json
-from dithead.interpolation import WeightsError, interpolate_video, make_interpolator
-from dithead.params import load_params
-from dithead.video import VideoError
+from dithead.inference import watermark
+from dithead.inference.interpolation import WeightsError, interpolate_video, make_interpolator
+from dithead.inference.video_writer import EncodeError
+from dithead.params import load_params, section_config
+from dithead.stage import StageError, StagePaths, clear_errors
 
-SAMPLES = Path("outputs/samples")
-OUTPUT = Path("outputs/interpolated")
+STAGE = "interpolate"
 
 
 def main() -> int:
@@ -28,29 +27,26 @@ def main() -> int:
     p, mark_params = params["interpolate"], params["sample"]["watermark"]
     # Every in-between frame gets the mark the sampled frames carry (theirs is kept through the re-encode).
     mark = watermark.marker(mark_params["message"], mark_params["strength"])
-    videos = sorted(SAMPLES.rglob("*.mp4"))
-    if not videos:
-        raise SystemExit(f"interpolate: no videos in {SAMPLES} (run the sample stage first)")
-    try:
+    # weights missing or wrong, an unknown interpolate.method; an unreadable sample, or its unreadable audio
+    with clear_errors(STAGE, WeightsError, ValueError, VideoError, EncodeError):
+        paths = section_config(StagePaths, params.get("paths"), "paths")
+        videos = sorted(paths.samples.rglob("*.mp4"))
+        if not videos:
+            raise StageError(f"no videos in {paths.samples} (run the sample stage first)")
         # One interpolator for all videos: RIFE's weights are loaded once.
         interpolator = make_interpolator(p["method"], (params.get("weights") or {}).get("rife") or None,
                                          default_device())
-    except (WeightsError, ValueError) as error:          # weights missing or wrong; unknown interpolate.method
-        raise SystemExit(f"interpolate: {error}") from None
-    reports = {}
-    try:
-        with atomic_path(OUTPUT) as out:
+        reports = {}
+        with atomic_path(paths.interpolated) as out:
             out.mkdir(parents=True)
             for video in videos:
-                rel = video.relative_to(SAMPLES)
+                rel = video.relative_to(paths.samples)
                 (out / rel).parent.mkdir(parents=True, exist_ok=True)
                 report = interpolate_video(video, out / rel, crf=p["crf"], mark=mark, interpolator=interpolator)
                 reports[str(rel)] = asdict(report)
             write_json(out / "report.json", reports)
-    except (VideoError, EncodeError) as error:               # an unreadable sample, or its unreadable audio
-        raise SystemExit(f"interpolate: {error}") from None
     methods = sorted({r["method"] for r in reports.values()})
-    print(f"interpolate: {len(reports)} videos -> {OUTPUT} (method: {', '.join(methods)})")
+    print(f"interpolate: {len(reports)} videos -> {paths.interpolated} (method: {', '.join(methods)})")
     return 0
 
 

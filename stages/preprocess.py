@@ -5,45 +5,46 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from dithead.params import load_params
-from dithead.preprocess import PreprocessConfig, process_dir, report
-from dithead.preview import mask_preview, save_png
+from dithead.data.mask import MaskSettings
+from dithead.data.mask_preview import mask_preview, save_png
+from dithead.data.preprocess import PreprocessConfig, process_dir, report
+from dithead.data.store import list_clips
 from dithead.fileio import atomic_path, write_json
-from dithead.store import list_clips
+from dithead.params import load_params, section_config
+from dithead.stage import StageError, StagePaths, clear_errors
 
-PROCESSED = Path("data/processed")
-REPORT = Path("metrics/preprocess.json")
-PREVIEW_DIR = Path("metrics/preview")
+STAGE = "preprocess"
 
 
 def main() -> int:
     params = load_params()
-    # Build into a temporary folder: a failed run never leaves a half-written data/processed.
-    with atomic_path(PROCESSED) as tmp:
-        try:
-            results = process_dir(params["data"]["raw_dir"], tmp, PreprocessConfig.from_params(params),
-                                  workers=params["preprocess"]["workers"])
-        except (FileNotFoundError, ValueError) as error:   # no raw folder, no videos, two clips with one name
-            raise SystemExit(f"preprocess: {error}") from None
-        summary = report(results)
-        write_json(REPORT, summary)
-        for name, reason in summary["skipped_clips"].items():
-            print(f"skipped {name}: {reason}", file=sys.stderr)
-        if not summary["clips"]:
-            raise SystemExit(f"preprocess: no clip could be used (see {REPORT})")
-    write_previews(params)
+    # no raw folder, no videos, two clips with one name, a bad parameter
+    with clear_errors(STAGE, FileNotFoundError, ValueError):
+        paths = section_config(StagePaths, params.get("paths"), "paths")
+        config = section_config(PreprocessConfig, params["preprocess"], "preprocess", fps=params["data"]["fps"],
+                                sample_rate=params["data"]["sample_rate"])
+        mask = section_config(MaskSettings, params["mask"], "mask")
+        report_path = paths.metrics / "preprocess.json"
+        # Build into a temporary folder: a failed run never leaves a half-written data/processed.
+        with atomic_path(paths.processed) as tmp:
+            results = process_dir(params["data"]["raw_dir"], tmp, config, workers=config.workers)
+            summary = report(results)
+            write_json(report_path, summary)
+            for name, reason in summary["skipped_clips"].items():
+                print(f"skipped {name}: {reason}", file=sys.stderr)
+            if not summary["clips"]:
+                raise StageError(f"no clip could be used (see {report_path})")
+        write_previews(paths.processed, paths.metrics / "preview", config.preview_frames, mask)
     print(f"preprocess: {summary['clips']} clips, {summary['frames']} frames "
-          f"({summary['frames_without_face']} without a face), {summary['skipped']} skipped -> {PROCESSED}")
+          f"({summary['frames_without_face']} without a face), {summary['skipped']} skipped -> {paths.processed}")
     return 0
 
 
-def write_previews(params: dict) -> None:
-    with atomic_path(PREVIEW_DIR) as tmp:
+def write_previews(processed: Path, preview_dir: Path, frames: int, mask: MaskSettings) -> None:
+    with atomic_path(preview_dir) as tmp:
         tmp.mkdir(parents=True)
-        for clip in list_clips(PROCESSED):
-            image = mask_preview(clip, params["preprocess"]["preview_frames"],
-                                 params["mask"]["kernel_size"], params["mask"]["sigma"], params["mask"]["region"])
-            save_png(tmp / f"{clip.name}.png", image)
+        for clip in list_clips(processed):
+            save_png(tmp / f"{clip.name}.png", mask_preview(clip, frames, mask))
 
 
 if __name__ == "__main__":

@@ -25,18 +25,18 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from dithead.audio import write_wav
+from dithead.data.audio import write_wav
+from dithead.data.audio_features import AudioFeatureSettings, audio_feature_extractor
+from dithead.data.mask import MaskSettings
+from dithead.data.store import ProcessedClip
+from dithead.data.video_reader import VideoError
 from dithead.device import default_device
 from dithead.fileio import atomic_path, write_json
-from dithead.generate import DiTHeadPipeline, ModelDirectoryError, SampleSettings, audio_feature_extractor
-from dithead.params import load_params
-from dithead.store import ProcessedClip
-from dithead.video import VideoError
+from dithead.inference.pipeline import DiTHeadPipeline, ModelDirectoryError, SampleSettings
+from dithead.params import load_params, section_config
+from dithead.stage import StageError, StagePaths, clear_errors
 
-PROCESSED = Path("data/processed")
-FEATURES = Path("data/features")
-MODELS = Path("models")
-OUTPUT = Path("outputs/samples")
+STAGE = "sample"
 BASELINES = ("reference_copy", "mismatched_audio", "silence")
 MIN_MISMATCH_SECONDS = 2.0      # a rotation shorter than this could leave the speech nearly in place
 
@@ -55,47 +55,44 @@ class Job:
 
 
 def settings(params: dict) -> SampleSettings:
-    p = params["sample"]
-    return SampleSettings(steps=p["steps"], seed=params["seed"], chunk_size=p["chunk_size"], eta=p["eta"],
-                          crf=p["crf"], watermark_message=p["watermark"]["message"],
-                          watermark_strength=p["watermark"]["strength"],
-                          min_reference_distance=params["dit"]["min_ref_distance"])
+    return section_config(SampleSettings, params["sample"], "sample", seed=params["seed"],
+                          min_ref_distance=params["dit"]["min_ref_distance"])
 
 
-def jobs(params: dict) -> list[Job]:
+def jobs(settings: SampleSettings, paths: StagePaths) -> list[Job]:
     """Every video to make: the held-out parts, their baselines, the dubbing pairs."""
-    split_file = MODELS / "dit" / "split.json"
+    split_file = paths.models / "dit" / "split.json"
     if not split_file.is_file():
-        raise SystemExit(f"sample: {split_file} not found (run the train_dit stage first)")
+        raise StageError(f"{split_file} not found (run the train_dit stage first)")
     split = json.loads(split_file.read_text())
-    baselines = list(params["sample"].get("baselines") or [])
+    baselines = list(settings.baselines or [])
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown:
-        raise SystemExit(f"sample: unknown sample.baselines {unknown}; choose from {', '.join(BASELINES)}")
+        raise StageError(f"unknown sample.baselines {unknown}; choose from {', '.join(BASELINES)}")
     todo = []
     for name in split["validation"]:
         frames = tuple(split.get("validation_frames", {}).get(name) or ()) or None
         reference = tuple(split.get("train_frames", {}).get(name) or ()) or None
         todo.append(Job(name, name, Path(f"{name}.mp4"), "generated", frames, reference))
         todo += [Job(name, name, Path(f"{name}__{b}.mp4"), b, frames, reference) for b in baselines]
-    for pair in params["sample"]["dubbing"]:
+    for pair in settings.dubbing:
         video, audio = pair["video"], pair["audio"]
         todo.append(Job(video, audio, Path("dubbed") / f"{video}__{audio}.mp4", "dubbed"))
     for job in todo:
         for name in (job.video, job.audio):
-            if not (PROCESSED / name / "meta.json").is_file():
-                raise SystemExit(f"sample: clip '{name}' (sample.dubbing or split.json) is not in {PROCESSED}")
-            if not (FEATURES / f"{name}.npy").is_file():
-                raise SystemExit(f"sample: no audio features for '{name}' in {FEATURES} "
+            if not (paths.processed / name / "meta.json").is_file():
+                raise StageError(f"clip '{name}' (sample.dubbing or split.json) is not in {paths.processed}")
+            if not (paths.features / f"{name}.npy").is_file():
+                raise StageError(f"no audio features for '{name}' in {paths.features} "
                                  "(run the extract_audio_features stage)")
     return todo
 
 
-def driving_audio(job: Job, params: dict, work: Path) -> tuple[np.ndarray, Path]:
+def driving_audio(job: Job, params: dict, paths: StagePaths, work: Path) -> tuple[np.ndarray, Path]:
     """Per-frame features and a wav of the audio that drives ``job``: the audio clip's own over the job's
     frames, rotated by half for ``mismatched_audio``, silence for ``silence``."""
-    clip = ProcessedClip(PROCESSED / job.audio)
-    features = np.load(FEATURES / f"{job.audio}.npy")
+    clip = ProcessedClip(paths.processed / job.audio)
+    features = np.load(paths.features / f"{job.audio}.npy")
     samples, rate = sf.read(clip.audio_path, dtype="float32")
     fps = params["data"]["fps"]
     if job.frames is not None:
@@ -105,7 +102,7 @@ def driving_audio(job: Job, params: dict, work: Path) -> tuple[np.ndarray, Path]
     if job.variant == "mismatched_audio":
         shift = len(features) // 2
         if shift < MIN_MISMATCH_SECONDS * fps:
-            raise SystemExit(f"sample: clip '{job.video}' has {len(features)} held-out frames, too few to rotate "
+            raise StageError(f"clip '{job.video}' has {len(features)} held-out frames, too few to rotate "
                              f"its audio by {MIN_MISMATCH_SECONDS} s for the mismatched_audio baseline")
         features = np.roll(features, shift, axis=0)
         samples = np.roll(samples, int(round(shift * rate / fps)))
@@ -119,48 +116,43 @@ def driving_audio(job: Job, params: dict, work: Path) -> tuple[np.ndarray, Path]
 
 def silence_features(params: dict, samples: np.ndarray, n_frames: int) -> np.ndarray:
     """Features of ``samples`` (silence) from the encoder the DiT was trained with."""
-    p = params["audio_features"]
-    extract = audio_feature_extractor(p["encoder"], fps=params["data"]["fps"], sample_rate=params["data"]["sample_rate"],
-                                      n_mels=p["n_mels"], model=p["model"], output=p["output"], layer=p["layer"],
-                                      chunk_seconds=p["chunk_seconds"], device=str(default_device()))
+    encoder = section_config(AudioFeatureSettings, params["audio_features"], "audio_features")
+    extract = audio_feature_extractor(encoder, fps=params["data"]["fps"], sample_rate=params["data"]["sample_rate"],
+                                      device=str(default_device()))
     return extract(samples, n_frames)
 
 
-def make_video(pipe: DiTHeadPipeline, job: Job, params: dict, out: Path, work: Path) -> dict:
-    features, audio_path = driving_audio(job, params, work)
-    clip = ProcessedClip(PROCESSED / job.video)
+def make_video(pipe: DiTHeadPipeline, job: Job, params: dict, paths: StagePaths, out: Path, work: Path) -> dict:
+    features, audio_path = driving_audio(job, params, paths, work)
+    clip = ProcessedClip(paths.processed / job.video)
     common = dict(settings=settings(params), frames=job.frames, reference_frames=job.reference_frames)
     if job.variant == "reference_copy":
         report = pipe.paste_reference(clip, len(features), audio_path, out / job.output, **common)
     else:
         report = pipe.sample_clip(clip, features, audio_path, out / job.output, **common)
-    return {**report, "variant": job.variant, "audio_clip": job.audio, "output": str(OUTPUT / job.output)}
+    return {**report, "variant": job.variant, "audio_clip": job.audio, "output": str(paths.samples / job.output)}
 
 
 def main() -> int:
     params = load_params()
-    p = params["sample"]
-    try:
-        pipe = DiTHeadPipeline.from_pretrained(MODELS, weights=p["weights"], solver=p["solver"],
-                                               precision=p["precision"], device=default_device(),
-                                               mask_kernel_size=params["mask"]["kernel_size"],
-                                               mask_sigma=params["mask"]["sigma"], mask_region=params["mask"]["region"],
+    # a missing model or input, a bad parameter; a source video that moved or changed since preprocess
+    with clear_errors(STAGE, ModelDirectoryError, ValueError, VideoError):
+        paths = section_config(StagePaths, params.get("paths"), "paths")
+        p = settings(params)
+        pipe = DiTHeadPipeline.from_pretrained(paths.models, weights=p.weights, solver=p.solver,
+                                               precision=p.precision, device=default_device(),
+                                               mask=section_config(MaskSettings, params["mask"], "mask"),
                                                fps=params["data"]["fps"])
-    except ModelDirectoryError as error:
-        raise SystemExit(f"sample: {error}") from None
-    reports = {}
-    with atomic_path(OUTPUT) as out, tempfile.TemporaryDirectory() as work:
-        out.mkdir(parents=True)
-        for job in jobs(params):
-            (out / job.output).parent.mkdir(parents=True, exist_ok=True)
-            try:
-                reports[str(job.output)] = make_video(pipe, job, params, out, Path(work))
-            except VideoError as error:   # the source video moved or changed since preprocess
-                raise SystemExit(f"sample: {error}") from None
-        write_json(out / "report.json", reports)
+        reports = {}
+        with atomic_path(paths.samples) as out, tempfile.TemporaryDirectory() as work:
+            out.mkdir(parents=True)
+            for job in jobs(p, paths):
+                (out / job.output).parent.mkdir(parents=True, exist_ok=True)
+                reports[str(job.output)] = make_video(pipe, job, params, paths, out, Path(work))
+            write_json(out / "report.json", reports)
     for rel, r in reports.items():
         speed = f", {r['frames_per_second']} frames/s" if "frames_per_second" in r else ""
-        print(f"sample: {OUTPUT / rel}: {r['frames']} frames{speed}")
+        print(f"sample: {paths.samples / rel}: {r['frames']} frames{speed}")
     return 0
 
 

@@ -11,64 +11,49 @@ the space: about 50 KB per frame at 256x256, f=4).
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
 from diffusers import VQModel
 
-from dithead.dit_training import DiTTrainingConfig, train_dit
-from dithead.params import load_params
-from dithead.store import list_clips
-from dithead.training import TrainingInterrupted
+from dithead.data.mask import MaskSettings
+from dithead.data.store import list_clips
+from dithead.params import load_params, section_config
+from dithead.stage import StageError, StagePaths, clear_errors
+from dithead.training.run import TrainingInterrupted
+from dithead.training.split import SplitSettings
+from dithead.training.train_dit import DiTTrainingConfig, train_dit
 
 STAGE = "train_dit"
-PROCESSED = Path("data/processed")
-FEATURES = Path("data/features")
-VQGAN_MASKED = Path("models/vqgan_masked")
-VQGAN_GT = Path("models/vqgan_gt")
-OUTPUT = Path("models/dit")
-CHECKPOINTS = Path("checkpoints") / STAGE
-LATENT_CACHE = Path("checkpoints") / f"{STAGE}_latents"
-LIVE = Path("dvclive") / STAGE
 
 
 def training_config(params: dict) -> DiTTrainingConfig:
-    dit = dict(params["dit"])
-    known = {f.name for f in dataclasses.fields(DiTTrainingConfig)}
-    unknown = sorted(set(dit) - known)
-    if unknown:
-        raise SystemExit(f"{STAGE}: params.yaml dit has unknown key(s) {', '.join(unknown)}")
-    mask = params["mask"]
-    return DiTTrainingConfig(seed=params["seed"], mask_kernel_size=mask["kernel_size"], mask_sigma=mask["sigma"],
-                             mask_max_shift=mask["max_shift"], mask_region=mask["region"], split=dict(params["split"]),
-                             fps=params["data"]["fps"], **dit)
+    return section_config(DiTTrainingConfig, params["dit"], "dit", seed=params["seed"],
+                          mask=section_config(MaskSettings, params["mask"], "mask"),
+                          split=section_config(SplitSettings, params["split"], "split"), fps=params["data"]["fps"])
 
 
 def load_vqgan(path: Path) -> VQModel:
     if not (path / "config.json").is_file():
-        raise SystemExit(f"{STAGE}: no trained VQGAN in {path} (run the train_vqgan stages first)")
+        raise StageError(f"no trained VQGAN in {path} (run the train_vqgan stages first)")
     return VQModel.from_pretrained(path)
 
 
 def main() -> int:
     params = load_params()
-    try:
+    with clear_errors(STAGE, TrainingInterrupted, ValueError, FileNotFoundError):
+        paths = section_config(StagePaths, params.get("paths"), "paths")
         config = training_config(params)
-    except ValueError as error:
-        raise SystemExit(f"{STAGE}: {error}") from None
-    if not PROCESSED.is_dir() or not (clips := list_clips(PROCESSED)):
-        raise SystemExit(f"{STAGE}: no preprocessed clips in {PROCESSED} (run the preprocess stage first)")
-    try:
-        metrics = train_dit(clips, config, features_dir=FEATURES, vq_masked=load_vqgan(VQGAN_MASKED),
-                            vq_gt=load_vqgan(VQGAN_GT), output_dir=OUTPUT, checkpoint_dir=CHECKPOINTS,
-                            live_dir=LIVE, latent_cache_dir=LATENT_CACHE)
-    except TrainingInterrupted as stop:
-        raise SystemExit(f"{STAGE}: {stop}") from None
-    except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"{STAGE}: {error}") from None
+        if not paths.processed.is_dir() or not (clips := list_clips(paths.processed)):
+            raise StageError(f"no preprocessed clips in {paths.processed} (run the preprocess stage first)")
+        output = paths.models / "dit"
+        metrics = train_dit(clips, config, features_dir=paths.features,
+                            vq_masked=load_vqgan(paths.models / "vqgan_masked"),
+                            vq_gt=load_vqgan(paths.models / "vqgan_gt"), output_dir=output,
+                            checkpoint_dir=paths.checkpoints / STAGE, live_dir=paths.dvclive / STAGE,
+                            latent_cache_dir=paths.checkpoints / f"{STAGE}_latents")
     summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-    print(f"{STAGE}: saved {OUTPUT}" + (f" (held-out identities: {summary})" if summary else ""))
+    print(f"{STAGE}: saved {output}" + (f" (held-out identities: {summary})" if summary else ""))
     return 0
 
 

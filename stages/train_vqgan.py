@@ -9,17 +9,15 @@ parameters was interrupted; logs to dvclive/train_vqgan_<which>/.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
-from pathlib import Path
 
-from dithead.params import load_params
-from dithead.split import make_split, training_clips
-from dithead.store import list_clips
-from dithead.training import TrainingInterrupted
-from dithead.vqgan import VQGANTrainingConfig, train_vqgan
-
-PROCESSED = Path("data/processed")
+from dithead.data.mask import MaskSettings
+from dithead.data.store import list_clips
+from dithead.params import load_params, section_config
+from dithead.stage import StageError, StagePaths, clear_errors
+from dithead.training.run import TrainingInterrupted
+from dithead.training.split import SplitSettings, make_split, training_clips
+from dithead.training.train_vqgan import VQGANTrainingConfig, train_vqgan
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -30,29 +28,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def training_config(params: dict, which: str) -> VQGANTrainingConfig:
-    vqgan = dict(params["vqgan"])
-    known = {f.name for f in dataclasses.fields(VQGANTrainingConfig)}
-    unknown = sorted(set(vqgan) - known)
-    if unknown:
-        raise ValueError(f"params.yaml vqgan has unknown key(s) {', '.join(unknown)}")
-    mask = params["mask"]
-    return VQGANTrainingConfig(masked=which == "masked", seed=params["seed"], mask_kernel_size=mask["kernel_size"],
-                               mask_sigma=mask["sigma"], mask_max_shift=mask["max_shift"],
-                               mask_region=mask["region"], **vqgan)
+    return section_config(VQGANTrainingConfig, params["vqgan"], "vqgan", masked=which == "masked",
+                          seed=params["seed"], mask=section_config(MaskSettings, params["mask"], "mask"))
 
 
 def load_perceptual(params: dict, config: VQGANTrainingConfig):
     """The LPIPS network when the loss uses it; a missing weight file stops the stage before training."""
     if config.perceptual_weight <= 0:
         return None
-    from dithead.lpips import LPIPS
     from dithead.metrics.weights import MissingWeightsError, WeightsFormatError
+    from dithead.models.lpips import LPIPS
 
     weights = params.get("weights") or {}
     try:
         return LPIPS(weights.get("lpips_backbone", ""), weights.get("lpips_linear", ""))
     except (MissingWeightsError, WeightsFormatError) as error:
-        raise SystemExit(f"train_vqgan: vqgan.perceptual_weight is {config.perceptual_weight}, which needs LPIPS: "
+        raise StageError(f"vqgan.perceptual_weight is {config.perceptual_weight}, which needs LPIPS: "
                          f"{error} (or set vqgan.perceptual_weight: 0 to train without it)") from None
 
 
@@ -60,26 +51,21 @@ def main(argv: list[str] | None = None) -> int:
     which = parse_args(argv).which
     stage = f"train_vqgan_{which}"
     params = load_params()
-    try:
+    with clear_errors(stage, TrainingInterrupted, ValueError):
+        paths = section_config(StagePaths, params.get("paths"), "paths")
         config = training_config(params, which)
-    except ValueError as error:
-        raise SystemExit(f"{stage}: {error}") from None
-    perceptual = load_perceptual(params, config)
-    if not PROCESSED.is_dir() or not (clips := list_clips(PROCESSED)):
-        raise SystemExit(f"{stage}: no preprocessed clips in {PROCESSED} (run the preprocess stage first)")
-    try:
+        perceptual = load_perceptual(params, config)
+        if not paths.processed.is_dir() or not (clips := list_clips(paths.processed)):
+            raise StageError(f"no preprocessed clips in {paths.processed} (run the preprocess stage first)")
         # Held-out identities or frames are never trained on (paper 4.1: unseen identities).
-        split = make_split(clips, params["split"], params["seed"], params["data"]["fps"])
-        clips = training_clips(clips, split)
-        metrics = train_vqgan(clips, config, output_dir=Path("models") / f"vqgan_{which}",
-                              checkpoint_dir=Path("checkpoints") / stage, live_dir=Path("dvclive") / stage,
+        split = make_split(clips, section_config(SplitSettings, params["split"], "split"), params["seed"],
+                           params["data"]["fps"])
+        output = paths.models / f"vqgan_{which}"
+        metrics = train_vqgan(training_clips(clips, split), config, output_dir=output,
+                              checkpoint_dir=paths.checkpoints / stage, live_dir=paths.dvclive / stage,
                               perceptual=perceptual)
-    except TrainingInterrupted as stop:
-        raise SystemExit(f"{stage}: {stop}") from None
-    except ValueError as error:
-        raise SystemExit(f"{stage}: {error}") from None
     summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-    print(f"{stage}: saved models/vqgan_{which}" + (f" (held-out {summary})" if summary else ""))
+    print(f"{stage}: saved {output}" + (f" (held-out {summary})" if summary else ""))
     return 0
 
 

@@ -29,7 +29,7 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def demo_raw(tmp_path_factory) -> Path:
     """data/raw with the two bundled demo clips (4 s, 30 fps, 44.1 kHz)."""
-    from dithead.demo import make_demo_data
+    from dithead.data.demo_clips import make_demo_data
 
     raw = tmp_path_factory.mktemp("demo") / "data" / "raw"
     make_demo_data(raw)
@@ -39,9 +39,9 @@ def demo_raw(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def processed_demo(demo_raw) -> Path:
     """A root with data/processed/<clip>/ (64x64 crops) and data/features/<clip>.npy (mel) for the demo clips."""
-    from dithead.features import frame_features
-    from dithead.preprocess import PreprocessConfig, process_dir
-    from dithead.store import list_clips
+    from dithead.data.audio_features import frame_features
+    from dithead.data.preprocess import PreprocessConfig, process_dir
+    from dithead.data.store import list_clips
 
     root = demo_raw.parent.parent
     cfg = PreprocessConfig(size=SMOKE_SIZE, smooth_frames=5, min_valid_frames=11)

@@ -1,4 +1,4 @@
-"""The DiT (dithead.dit), its data (dithead.dit_data) and the train_dit stage (tiny models, 64x64 demo crops)."""
+"""The DiT (dithead.models.dit), its data (dithead.training.dit_data) and the train_dit stage (tiny models, 64x64 demo crops)."""
 
 from __future__ import annotations
 
@@ -20,17 +20,17 @@ from safetensors.torch import load_file
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import run_until_sigkill, sigterm_self_when
-from dithead.dit import (DIT_PRESETS, DiTHead, diffusion_loss, dit_config, forward_flops, make_noise_scheduler,
-                         masked_region_weight)
-from dithead.dit_data import (DiTDataset, LazyArrays, MaskSettings, audio_feature_paths, encode_latents,
-                              precompute_latents, target_frames)
-from dithead.dit_training import DiTTrainingConfig, _fingerprint_config
-from dithead.split import split_by_identity
-from dithead.features import audio_windows
-from dithead.mask import apply_mask, lower_face_mask
-from dithead.sampling import pick_reference_index
-from dithead.store import list_clips
-from dithead.vqgan import build_vqmodel
+from dithead.data.audio_features import audio_windows
+from dithead.data.mask import MaskSettings, apply_mask, lower_face_mask
+from dithead.data.store import list_clips
+from dithead.inference.sampling import pick_reference_index
+from dithead.models.dit import (DIT_PRESETS, DiTHead, diffusion_loss, dit_config, forward_flops, make_noise_scheduler,
+                                masked_region_weight)
+from dithead.models.latents import encode_latents
+from dithead.models.vqgan import build_vqmodel
+from dithead.training.dit_data import DiTDataset, LazyArrays, audio_feature_paths, precompute_latents, target_frames
+from dithead.training.split import split_by_identity
+from dithead.training.train_dit import DiTTrainingConfig, _fingerprint_config
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE = REPO / "stages" / "train_dit.py"
@@ -415,8 +415,8 @@ def test_loader_workers_give_the_batches_of_the_main_process(demo_data):
     memory-mapped arrays must cross to worker processes and give the same batches as without workers."""
     from accelerate import Accelerator
 
-    from dithead.split import FrameRangeView
-    from dithead.training import make_dataloader
+    from dithead.training.split import FrameRangeView
+    from dithead.training.run import make_dataloader
 
     clips = [FrameRangeView(c, 0, len(c) - 30) for c in demo_data.clips]
     rows = target_frames(clips, [c.name for c in clips])
@@ -565,7 +565,7 @@ def test_time_split_trains_on_each_clips_start_and_validates_on_its_end(processe
     params["dit"].update(steps=10, val_every=10, sample_every=10, checkpoint_every=0,
                          adaln=True, audio_adaln=True, masked_region_weight=5.0)
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
-    import dithead.dit_training
+    import dithead.training.train_dit
 
     region_weights = []
 
@@ -573,7 +573,7 @@ def test_time_split_trains_on_each_clips_start_and_validates_on_its_end(processe
         region_weights.append(region_weight)
         return diffusion_loss(*args, region_weight=region_weight, **kwargs)
 
-    monkeypatch.setattr(dithead.dit_training, "diffusion_loss", recording_loss)
+    monkeypatch.setattr(dithead.training.train_dit, "diffusion_loss", recording_loss)
     run_stage(workdir, monkeypatch)
     training = [w for w in region_weights if w is not None]       # validation keeps the plain, comparable loss
     assert len(training) == 10 and len(region_weights) > 10

@@ -90,12 +90,14 @@ def test_image_installs_the_same_requirements_as_ci():
 
 
 def docker_args(tmp_path: Path, cwd: Path = REPO, docker_version: str = "Docker version 28.2.2", **env) -> list[str]:
-    """The arguments run-stage passes to a fake `docker` (whose --version prints ``docker_version``)."""
+    """The arguments run-stage passes to a fake `docker` (whose --version prints ``docker_version``), or to a
+    fake `podman` (the same script, so that a real podman in /usr/bin is never reached)."""
     log = tmp_path / "docker-args"
-    script = tmp_path / "docker"
-    script.write_text(f'#!/bin/sh\nif [ "$1" = --version ]; then echo "{docker_version}"; exit 0; fi\n'
-                      f'for a in "$@"; do printf "%s\\n" "$a"; done > "{log}"\n')
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    for name in ("docker", "podman"):
+        script = tmp_path / name
+        script.write_text(f'#!/bin/sh\nif [ "$1" = --version ]; then echo "{docker_version}"; exit 0; fi\n'
+                          f'for a in "$@"; do printf "%s\\n" "$a"; done > "{log}"\n')
+        script.chmod(script.stat().st_mode | stat.S_IEXEC)
     path = f"{tmp_path}{os.pathsep}/usr/bin{os.pathsep}/bin"
     result = run_stage(["python", "stages/sample.py"], {"PATH": path, "HOME": str(tmp_path),
                                                         "HF_HOME": str(tmp_path / "hf"),

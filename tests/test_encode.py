@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from dithead.encode import EncodeError, VideoWriter, write_video
+from dithead.inference.video_writer import EncodeError, VideoWriter, write_video
 
 FPS = 25
 

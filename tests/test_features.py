@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
-from dithead.features import (FeatureModelError, audio_windows, frame_features, load_wav2vec2,
-                              pool_to_frames)
+from dithead.data.audio_features import FeatureModelError, audio_windows, frame_features, load_wav2vec2, pool_to_frames
 
 
 @pytest.fixture(scope="module")

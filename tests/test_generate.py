@@ -8,12 +8,13 @@ import cv2
 import numpy as np
 import pytest
 
-from dithead import watermark as wm
-from dithead.face import nearest_valid
-from dithead.generate import DiTHeadPipeline, ModelDirectoryError, SampleSettings, audio_feature_extractor
-from dithead.mask import lower_face_mask
-from dithead.store import list_clips
-from dithead.video import iter_frames
+from dithead.data.audio_features import AudioFeatureSettings, audio_feature_extractor
+from dithead.data.face import nearest_valid
+from dithead.data.mask import MaskSettings, lower_face_mask
+from dithead.data.store import list_clips
+from dithead.data.video_reader import iter_frames
+from dithead.inference import watermark as wm
+from dithead.inference.pipeline import DiTHeadPipeline, ModelDirectoryError, SampleSettings
 
 FPS = 25
 
@@ -23,8 +24,8 @@ def models(tmp_path_factory):
     """models/{dit (+ ema/, scheduler/), vqgan_masked, vqgan_gt} with tiny random weights (64x64 crops, f = 4)."""
     import torch
 
-    from dithead.dit import DiTHead, make_noise_scheduler
-    from dithead.vqgan import build_vqmodel
+    from dithead.models.dit import DiTHead, make_noise_scheduler
+    from dithead.models.vqgan import build_vqmodel
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("models")
@@ -49,7 +50,7 @@ def probe(path):
 def test_sample_clip_writes_dubbed_watermarked_video(processed_demo, models, tmp_path):
     clips = {c.name: c for c in list_clips(processed_demo / "data" / "processed")}
     video, driver = clips["astronaut"], clips["astronaut_mirrored"]
-    pipe = DiTHeadPipeline.from_pretrained(models, device="cpu", mask_kernel_size=9, mask_sigma=2.0)
+    pipe = DiTHeadPipeline.from_pretrained(models, device="cpu", mask=MaskSettings(kernel_size=9, sigma=2.0))
     settings = SampleSettings(steps=2, chunk_size=16)
 
     own = tmp_path / "own.mp4"
@@ -88,8 +89,8 @@ def first_frames(path, count: int) -> np.ndarray:
 def test_held_out_part_is_dubbed_from_its_own_frames_with_a_reference_from_the_training_part(processed_demo, models,
                                                                                               tmp_path):
     clip = next(c for c in list_clips(processed_demo / "data" / "processed") if c.name == "astronaut")
-    pipe = DiTHeadPipeline.from_pretrained(models, device="cpu", mask_kernel_size=9, mask_sigma=2.0)
-    settings = SampleSettings(steps=1, chunk_size=8, min_reference_distance=10)
+    pipe = DiTHeadPipeline.from_pretrained(models, device="cpu", mask=MaskSettings(kernel_size=9, sigma=2.0))
+    settings = SampleSettings(steps=1, chunk_size=8, min_ref_distance=10)
     features = np.load(processed_demo / "data" / "features" / "astronaut.npy")[80:100]
     out = tmp_path / "held_out.mp4"
     report = pipe.sample_clip(clip, features, clip.audio_path, out, settings, frames=(80, 100),
@@ -106,8 +107,8 @@ def test_held_out_part_is_dubbed_from_its_own_frames_with_a_reference_from_the_t
 
 def test_reference_copy_pastes_the_reference_crop_in_every_frame(processed_demo, models, tmp_path):
     clip = next(c for c in list_clips(processed_demo / "data" / "processed") if c.name == "astronaut")
-    pipe = DiTHeadPipeline.from_pretrained(models, device="cpu", mask_kernel_size=9, mask_sigma=2.0)
-    settings = SampleSettings(min_reference_distance=10)
+    pipe = DiTHeadPipeline.from_pretrained(models, device="cpu", mask=MaskSettings(kernel_size=9, sigma=2.0))
+    settings = SampleSettings(min_ref_distance=10)
     out = tmp_path / "copy.mp4"
     report = pipe.paste_reference(clip, 12, clip.audio_path, out, settings, frames=(80, 100), reference_frames=(0, 60))
     assert report["frames"] == probe(out)[0] == 12 and 0 <= report["reference_frame"] < 60
@@ -126,10 +127,10 @@ def test_reference_copy_pastes_the_reference_crop_in_every_frame(processed_demo,
 
 @pytest.mark.slow
 def test_pipeline_call_on_a_raw_video_and_audio(demo_raw, models, tmp_path):
-    from dithead.preprocess import PreprocessConfig
+    from dithead.data.preprocess import PreprocessConfig
 
-    pipe = DiTHeadPipeline.from_pretrained(models, device="cpu", mask_kernel_size=9, mask_sigma=2.0,
-                                           audio_features=audio_feature_extractor("mel", FPS, n_mels=32))
+    pipe = DiTHeadPipeline.from_pretrained(models, device="cpu", mask=MaskSettings(kernel_size=9, sigma=2.0),
+                                           audio_features=audio_feature_extractor(AudioFeatureSettings(encoder="mel", n_mels=32), FPS))
     out = tmp_path / "out.mp4"
     report = pipe(demo_raw / "astronaut.mp4", demo_raw / "astronaut_mirrored.wav", out, SampleSettings(steps=1),
                   PreprocessConfig(size=64, smooth_frames=5, min_valid_frames=11), progress=False)
@@ -153,9 +154,9 @@ def test_frame_masks_are_made_once_and_shared_by_encoding_and_paste_back(monkeyp
 
     import torch
 
-    import dithead.generate as generate
-    from dithead.mask import lower_face_mask
-    from dithead.sampling import driving_frame_order
+    import dithead.inference.pipeline as generate
+    from dithead.data.mask import lower_face_mask
+    from dithead.inference.sampling import driving_frame_order
 
     n, chunk = 12, 4
     rng = np.random.default_rng(0)
@@ -167,7 +168,7 @@ def test_frame_masks_are_made_once_and_shared_by_encoding_and_paste_back(monkeyp
     monkeypatch.setattr(generate, "lower_face_mask",
                         lambda points, *a, **k: made.append(1) or lower_face_mask(points, *a, **k))
     order = driving_frame_order(n, 30)                      # plays forward, back, forward again
-    conditions = generate.ClipConditions(clip, order, None, None, 9, 2.0, torch.device("cpu"), None,
+    conditions = generate.ClipConditions(clip, order, None, None, MaskSettings(9, 2.0), torch.device("cpu"), None,
                                          mask_cache_size=2 * chunk)
     for start in range(0, len(order), chunk):
         frames = [int(v) for v in order[start:start + chunk]]
@@ -241,12 +242,12 @@ def test_each_frame_gets_its_own_conditions_and_its_crop_lands_in_its_mask(proce
 
     import torch
 
-    import dithead.generate as generate
-    from dithead.dit import make_noise_scheduler
-    from dithead.features import audio_windows
-    from dithead.mask import apply_mask
-    from dithead.sampling import make_scheduler
-    from dithead.store import ProcessedClip
+    import dithead.inference.pipeline as generate
+    from dithead.models.dit import make_noise_scheduler
+    from dithead.data.audio_features import audio_windows
+    from dithead.data.mask import MaskSettings, apply_mask
+    from dithead.inference.sampling import make_scheduler
+    from dithead.data.store import ProcessedClip
 
     source = next(c for c in list_clips(processed_demo / "data" / "processed") if c.name == "astronaut")
     clip_dir = tmp_path / "astronaut"
@@ -277,7 +278,7 @@ def test_each_frame_gets_its_own_conditions_and_its_crop_lands_in_its_mask(proce
     monkeypatch.setattr(wm, "embed", lambda frame, bits, strength: frame)
     dit = RecordingDiT()
     pipe = DiTHeadPipeline(dit, make_scheduler("ddim", make_noise_scheduler().config), StandInVQ(), StandInVQ(),
-                           mask_kernel_size=9, mask_sigma=2.0)
+                           mask=MaskSettings(kernel_size=9, sigma=2.0))
     steps, chunk = 2, 16
     report = pipe.sample_clip(clip, features, clip.audio_path, tmp_path / "out.mp4",
                               SampleSettings(steps=steps, chunk_size=chunk), progress=False)

@@ -10,9 +10,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from dithead.encode import write_video
-from dithead.interpolation import (FlowInterpolator, IFNet, RifeInterpolator, WeightsError, interpolate_video,
-                                   load_rife, make_interpolator)
+from dithead.inference.interpolation import (FlowInterpolator, IFNet, RifeInterpolator, WeightsError,
+                                             interpolate_video, load_rife, make_interpolator)
+from dithead.inference.video_writer import write_video
 
 SIZE = 64
 REPO = Path(__file__).resolve().parents[1]
@@ -121,7 +121,7 @@ def test_a_given_interpolator_is_used_and_nothing_is_loaded(tmp_path):
 
 
 def test_flow_pixel_grid_is_built_once_per_frame_size():
-    from dithead.interpolation import _pixel_grid
+    from dithead.inference.interpolation import _pixel_grid
 
     _pixel_grid.cache_clear()
     FlowInterpolator().middle(scene(0), scene(2))
@@ -136,7 +136,7 @@ def write_stage_params(root, method, rife):
 
 
 def test_stage_loads_rife_once_for_all_videos(tmp_path, monkeypatch, rife_weights):
-    import dithead.interpolation
+    import dithead.inference.interpolation
 
     samples = tmp_path / "outputs" / "samples"
     for name in ("a/one.mp4", "b/two.mp4"):
@@ -145,8 +145,8 @@ def test_stage_loads_rife_once_for_all_videos(tmp_path, monkeypatch, rife_weight
         write_video(samples / name, (cv2.resize(scene(k), (128, 128)) for k in range(3)), fps=25)
     write_stage_params(tmp_path, "rife", rife_weights[0])
     loads = []
-    real_load = dithead.interpolation.load_rife
-    monkeypatch.setattr(dithead.interpolation, "load_rife", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    real_load = dithead.inference.interpolation.load_rife
+    monkeypatch.setattr(dithead.inference.interpolation, "load_rife", lambda *a, **k: loads.append(a) or real_load(*a, **k))
     monkeypatch.chdir(tmp_path)
     assert runpy.run_path(str(REPO / "stages" / "interpolate.py"))["main"]() == 0
     assert len(loads) == 1

@@ -38,7 +38,7 @@ def demo_clip(processed_demo):
     """The demo clip's landmarks (crop pixels, 25 fps) and 16 kHz audio; its mouth opens with its syllables."""
     import soundfile as sf
 
-    from dithead.store import ProcessedClip
+    from dithead.data.store import ProcessedClip
 
     clip = ProcessedClip(processed_demo / "data" / "processed" / "astronaut")
     audio, rate = sf.read(clip.audio_path, dtype="float32")
@@ -139,7 +139,7 @@ def test_gt_normalised_score_is_one_for_the_ground_truth_itself():
 
 
 def test_overall_theval_scores_compare_the_means_over_clips_as_theval_does():
-    from dithead.metrics.video import PairEvaluation, summarise
+    from dithead.metrics.evaluation import PairEvaluation, summarise
 
     def clip(generated: float, truth: float, offset: int) -> PairEvaluation:
         metrics = {"theval_lip_sync": generated, "theval_lip_sync_gt": truth,
@@ -163,7 +163,7 @@ def test_every_theval_score_of_the_ground_truth_against_itself_is_one(demo_clip)
 
 
 def test_real_speech_is_found_by_the_bundled_vad_at_any_sample_rate(shared_clips):
-    from dithead.audio import load_audio
+    from dithead.data.audio import load_audio
 
     speech = load_audio(shared_clips / "yongen.wav", 16000, peak_normalise=False).samples
     n = int(len(speech) / 16000 * 25)
@@ -205,14 +205,14 @@ def test_no_face_and_no_audio_give_nan_and_no_audio_metrics():
 @pytest.fixture(scope="module")
 def talking_video(tmp_path_factory) -> Path:
     """2 s of the bundled demo face (30 fps, 320x320) with its audio track."""
-    from dithead.demo import CLIPS, render_clip
+    from dithead.data.demo_clips import CLIPS, render_clip
 
     return render_clip(CLIPS[0], tmp_path_factory.mktemp("video"), seconds=2.0)
 
 
 @pytest.fixture(scope="module")
 def evaluator():
-    from dithead.metrics.video import EvalConfig, Evaluator
+    from dithead.metrics.evaluation import EvalConfig, Evaluator
 
     return Evaluator({}, EvalConfig(metrics=["lmd"], crop_size=64, smooth_frames=3))
 
@@ -232,8 +232,8 @@ def test_a_time_split_ground_truth_shows_as_the_offset(talking_video, evaluator)
 
 
 def test_baselines_are_summarised_apart_from_the_generated_videos(talking_video, tmp_path):
-    from dithead.audio import write_wav
-    from dithead.metrics.video import EvalConfig, evaluate_samples
+    from dithead.data.audio import write_wav
+    from dithead.metrics.evaluation import EvalConfig, evaluate_samples
 
     samples, raw = tmp_path / "samples", tmp_path / "raw"
     samples.mkdir()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dithead.mask import JAW_LINE, lower_face_mask
-from dithead.store import ProcessedClip
+from dithead.data.mask import JAW_LINE, lower_face_mask
+from dithead.data.store import ProcessedClip
 
 LOWER_LIP_AND_CHIN = [14, 15, 16, 17, 18, 200, 199, 175, 152, 148, 176, 149, 377, 400, 378, 87, 178, 317, 402]
 

@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from dithead import lpips as lpips_module
-from dithead.lpips import LPIPS, MissingWeightsError
 from dithead.metrics import fid, syncnet
 from dithead.metrics.image import LIP_INDICES, mouth_box, psnr, ssim
 from dithead.metrics.landmarks import frame_lmd, lmd
 from dithead.metrics.weights import WeightsFormatError
+from dithead.models import lpips as lpips_module
+from dithead.models.lpips import LPIPS, MissingWeightsError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -291,9 +291,9 @@ def test_syncnet_loads_its_checkpoint_and_scores_windows(weight_files):
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> dict[str, Path]:
     """1.2 s of the bundled demo face (30 fps, 320x320, audio) and variants of it."""
-    from dithead.demo import CLIPS, render_clip
-    from dithead.encode import write_video
-    from dithead.video import iter_frames
+    from dithead.data.demo_clips import CLIPS, render_clip
+    from dithead.inference.video_writer import write_video
+    from dithead.data.video_reader import iter_frames
 
     root = tmp_path_factory.mktemp("videos")
     gt = render_clip(CLIPS[0], root / "raw", seconds=1.2)
@@ -312,7 +312,7 @@ FAST = dict(crop_size=64, smooth_frames=3, batch_size=8)
 
 
 def test_a_video_against_itself_is_perfect_and_says_psnr_was_capped(videos, weight_files):
-    from dithead.metrics.video import evaluate_videos
+    from dithead.metrics.evaluation import evaluate_videos
 
     report = evaluate_videos(videos["gt"], videos["gt"], weight_files, max_frames=10,
                              metrics=["psnr", "ssim", "lpips", "lmd", "mouth_psnr", "mouth_ssim"], **FAST)
@@ -326,7 +326,7 @@ def test_a_video_against_itself_is_perfect_and_says_psnr_was_capped(videos, weig
 
 
 def test_a_shifted_video_has_the_shift_as_lmd_in_crop_pixels(videos):
-    from dithead.metrics.video import EvalConfig, evaluate_videos, track_faces
+    from dithead.metrics.evaluation import EvalConfig, evaluate_videos, track_faces
 
     cfg = EvalConfig(max_frames=10, **FAST)
     boxes = track_faces(videos["gt"], None, cfg, "ground truth").smoothed_boxes(cfg.smooth_frames)
@@ -340,7 +340,7 @@ def test_a_shifted_video_has_the_shift_as_lmd_in_crop_pixels(videos):
 
 
 def test_different_resolution_and_length_are_aligned_in_time(videos):
-    from dithead.metrics.video import evaluate_videos
+    from dithead.metrics.evaluation import evaluate_videos
 
     report = evaluate_videos(videos["large"], videos["gt"], {}, metrics=["psnr", "lmd"], **FAST)
     frames = report["frames"]
@@ -352,7 +352,7 @@ def test_different_resolution_and_length_are_aligned_in_time(videos):
 
 
 def test_missing_faces_are_reported_clearly(videos):
-    from dithead.metrics.video import EvaluationError, evaluate_videos
+    from dithead.metrics.evaluation import EvaluationError, evaluate_videos
 
     with pytest.raises(EvaluationError, match=r"noface\.mp4: no face found in any of the \d+ frames of the ground"):
         evaluate_videos(videos["gt"], videos["noface"], {}, max_frames=8, metrics=["psnr"], **FAST)
@@ -363,7 +363,7 @@ def test_missing_faces_are_reported_clearly(videos):
 
 
 def test_every_pretrained_metric_runs_from_its_checkpoint_or_is_reported_missing(videos, weight_files):
-    from dithead.metrics.video import evaluate_videos
+    from dithead.metrics.evaluation import evaluate_videos
 
     full = evaluate_videos(videos["shifted"], videos["gt"], weight_files, max_frames=7, syncnet_vshift=2, **FAST)
     assert set(full["metrics"]) >= {"psnr", "ssim", "lpips", "fid", "lse_c", "lse_d", "lmd", "mouth_psnr", "mouth_ssim"}
@@ -405,7 +405,7 @@ def test_evaluate_stage_writes_metrics_plots_and_side_by_side(videos, tmp_path, 
     plot = json.loads((tmp_path / "dvclive/evaluate/plots/custom/psnr_astronaut.json").read_text())
     assert [p["frame"] for p in plot] == list(range(8))
     assert (tmp_path / "dvclive/evaluate/plots/custom/lmd_astronaut.json").is_file()
-    from dithead.video import probe_video
+    from dithead.data.video_reader import probe_video
 
     side = probe_video(tmp_path / "outputs/eval/astronaut_side_by_side.mp4")
     assert (side.width, side.height, side.n_frames) == (3 * 64, 64, 8)
@@ -432,7 +432,7 @@ def test_evaluate_command_scores_a_pair_and_writes_the_report(videos, weight_fil
 
 
 def test_box_smoothing_averages_found_faces_and_fills_gaps_from_the_nearest():
-    from dithead.metrics.video import smooth_boxes
+    from dithead.metrics.evaluation import smooth_boxes
 
     raw = np.array([[10, 10, 4], [np.nan] * 3, [20, 10, 4], [np.nan] * 3, [np.nan] * 3, [np.nan] * 3], np.float32)
     smoothed = smooth_boxes(raw, window=3)
@@ -445,7 +445,7 @@ def test_box_smoothing_memory_grows_with_frames_not_their_square():
     """A frames x frames table is 1.8 GB for 10 minutes at 25 fps; 5000 frames show it (200 MB) without harm."""
     import tracemalloc
 
-    from dithead.metrics.video import smooth_boxes
+    from dithead.metrics.evaluation import smooth_boxes
 
     n = 5000
     raw = np.tile(np.float32([100, 80, 40]), (n, 1))

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from conftest import copy_project, run_cli
-from dithead.store import list_clips
-from dithead.video import iter_source_frames
-from dithead.watermark import DETECTION_THRESHOLD, detect_frames, detect_video
+from dithead.data.store import list_clips
+from dithead.data.video_reader import iter_source_frames
+from dithead.inference.watermark import DETECTION_THRESHOLD, detect_frames, detect_video
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +69,7 @@ def test_data_stages_on_demo_clips(smoke_project):
 def test_models_are_saved_with_save_pretrained(smoke_project):
     from diffusers import VQModel
 
-    from dithead.dit import DiTHead
+    from dithead.models.dit import DiTHead
 
     for name in ("vqgan_masked", "vqgan_gt"):
         assert VQModel.from_pretrained(smoke_project / "models" / name).config.num_vq_embeddings == 256

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from dithead.audio import load_audio
-from dithead.demo import CLIPS, clip_frames, speech_like, write_video
-from dithead.face import BoxSmoother, TrackedFrame
-from dithead.preprocess import PreprocessConfig, process_dir, report
-from dithead.store import ProcessedClip, list_clips
-from dithead.video import iter_frames
+from dithead.data.audio import load_audio
+from dithead.data.demo_clips import CLIPS, clip_frames, speech_like, write_video
+from dithead.data.face import BoxSmoother, TrackedFrame
+from dithead.data.preprocess import PreprocessConfig, process_dir, report
+from dithead.data.store import ProcessedClip, list_clips
+from dithead.data.video_reader import iter_frames
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -221,7 +221,7 @@ def test_box_smoother_averages_valid_neighbours_in_order():
 
 
 def test_identity_comes_from_the_name_prefix():
-    from dithead.preprocess import clip_identity
+    from dithead.data.preprocess import clip_identity
 
     assert clip_identity("WRA_Obama__03") == "WRA_Obama"
     assert clip_identity("astronaut") == "astronaut"
@@ -245,7 +245,7 @@ def test_rotated_phone_video_is_decoded_upright(tmp_path):
 
 PEAK_WHILE_DECODING_SLOWLY = """
 import resource, sys, time
-from dithead.video import iter_frames
+from dithead.data.video_reader import iter_frames
 for frame in iter_frames(sys.argv[1], 25):
     time.sleep(0.004)                      # a consumer slower than the decoder, as the sampler is
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
@@ -297,7 +297,7 @@ def test_preprocess_and_features_commands_end_to_end(demo_raw, tmp_path, capsys)
 
 def test_png_crop_store_is_lossless_with_random_access(tmp_path):
     """Ping-pong generation stores full frames as PNG and reads them back out of order: exactly."""
-    from dithead.store import CropStore, CropStoreWriter
+    from dithead.data.store import CropStore, CropStoreWriter
 
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (37, 53, 3), dtype=np.uint8) for _ in range(12)]

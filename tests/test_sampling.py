@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from dithead.sampling import (TensorConditions, driving_frame_order, make_scheduler, pick_reference_index,
-                              sample_frame_by_frame, sample_lockstep)
+from dithead.inference.sampling import (TensorConditions, driving_frame_order, frame_generator, make_scheduler,
+                                        pick_reference_index, sample_frame_by_frame, sample_independent,
+                                        sample_lockstep)
 
 C, CM, H, W, D = 3, 3, 8, 8, 6
 
@@ -141,3 +142,27 @@ def test_driving_order_ping_pongs_long_audio_and_cuts_short_audio():
     assert driving_frame_order(1, 3).tolist() == [0, 0, 0]
     order = driving_frame_order(10, 1000)
     assert np.abs(np.diff(order)).max() == 1                        # never a jump cut
+
+
+def test_independent_frames_are_the_first_frame_of_evolving_inference_and_plain_ddim(setup):
+    """The DiT's training previews (``sample_independent``) run the sample stage's DDIM: a frame with a clean
+    reference comes out as evolving inference's first frame, and as the plain DDIM loop."""
+    model, conditions, reference = setup
+    model = copy.deepcopy(model).double()
+    scheduler = make_scheduler("ddim")
+    masked, audio = (x.double() for x in conditions.window(0, 1))
+    noise = torch.randn((1, C, H, W), generator=frame_generator(3, 0)).double()
+    independent = sample_independent(model, scheduler, masked, reference.double(), audio, steps=6, noise=noise)
+    evolving = run(sample_frame_by_frame, model, TensorConditions(masked, audio), reference.double(),
+                   scheduler=scheduler, steps=6, seed=3)
+    torch.testing.assert_close(independent, evolving, rtol=0, atol=0)
+
+    ddim = type(scheduler).from_config(scheduler.config)
+    ddim.set_timesteps(6)
+    z = noise * ddim.init_noise_sigma
+    with torch.no_grad():
+        for t in ddim.timesteps:
+            eps = model(sample=z, masked=masked, reference=reference.double(), audio=audio,
+                        timestep=torch.full((1,), int(t))).sample
+            z = ddim.step(eps, t, z).prev_sample
+    torch.testing.assert_close(independent, z, rtol=0, atol=0)

@@ -7,9 +7,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from dithead.datasets import valid_frames
-from dithead.split import (FrameRangeView, held_out_frames, make_split, reference_clips, split_by_time,
-                           training_clips)
+from dithead.training.split import (FrameRangeView, held_out_frames, make_split, reference_clips, split_by_time,
+                                    training_clips, valid_frames)
 
 
 class FakeClip(SimpleNamespace):
@@ -63,7 +62,7 @@ def test_training_reads_only_the_training_range():
 
 
 def test_held_out_frames_take_references_from_the_training_part_only():
-    from dithead.sampling import pick_reference_index
+    from dithead.inference.sampling import pick_reference_index
 
     clips = [clip("a", 500)]
     split = split_by_time(clips, val_fraction=0.2, gap_frames=50)      # train [0, 350), held out [400, 500)

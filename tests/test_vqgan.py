@@ -20,12 +20,13 @@ from diffusers import VQModel
 from safetensors.torch import load_file
 
 from conftest import run_until_sigkill, sigterm_self_when
-from dithead.datasets import FrameDataset, split_frames
-from dithead.store import list_clips
+from dithead.data.mask import MaskSettings
+from dithead.data.store import list_clips
 from dithead.metrics.image import psnr, ssim
-from dithead.training import Checkpointer, GracefulStop, StepSampler
-from dithead.vqgan import (LossWeights, NLayerDiscriminator, VQAutoencoder, build_vqmodel, downsample_factor,
-                           generator_loss, reconstruction_metrics)
+from dithead.models.vqgan import NLayerDiscriminator, VQAutoencoder, build_vqmodel, downsample_factor
+from dithead.training.run import Checkpointer, GracefulStop, StepSampler
+from dithead.training.train_vqgan import LossWeights, generator_loss, reconstruction_metrics
+from dithead.training.vqgan_data import FrameDataset, split_frames
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE = REPO / "stages" / "train_vqgan.py"
@@ -150,8 +151,8 @@ def test_frames_split_and_masked_dataset(processed_demo):
     for c, clip in enumerate(clips):
         assert val[val[:, 0] == c][:, 1].min() > train[train[:, 0] == c][:, 1].max()
 
-    plain = FrameDataset(clips, masked=False, kernel_size=9, sigma=2.0, max_shift=2, seed=0, frames=train)
-    masked = FrameDataset(clips, masked=True, kernel_size=9, sigma=2.0, max_shift=2, seed=0, frames=train)
+    plain = FrameDataset(clips, masked=False, mask=MaskSettings(9, 2.0, 2), seed=0, frames=train)
+    masked = FrameDataset(clips, masked=True, mask=MaskSettings(9, 2.0, 2), seed=0, frames=train)
     image, hidden = plain[0], masked[0]
     assert image.shape == (3, 64, 64) and image.dtype == torch.float32
     assert -1.0 <= float(image.min()) and float(image.max()) <= 1.0
@@ -219,9 +220,9 @@ def test_run_fingerprint_covers_the_data_not_just_its_length(processed_demo, tmp
     another frame range, makes an interrupted run's checkpoints stale."""
     import shutil
 
-    from dithead.split import FrameRangeView
-    from dithead.store import ProcessedClip
-    from dithead.vqgan import VQGANTrainingConfig, run_fingerprint
+    from dithead.training.split import FrameRangeView
+    from dithead.data.store import ProcessedClip
+    from dithead.training.train_vqgan import VQGANTrainingConfig, run_fingerprint
 
     source = next(c for c in list_clips(processed_demo / "data" / "processed") if c.name == "astronaut")
     shutil.copytree(source.directory, tmp_path / "astronaut")
@@ -334,7 +335,7 @@ def test_perceptual_loss_without_lpips_weights_fails_before_training(processed_d
     workdir = make_workdir(tmp_path / "no_lpips", processed_demo, perceptual_weight=0.5)
     with pytest.raises(SystemExit, match=r"vqgan.perceptual_weight is 0.5.*weights.lpips_backbone is empty"):
         run_stage(workdir, monkeypatch)
-    from dithead.lpips import random_checkpoints
+    from dithead.models.lpips import random_checkpoints
 
     params = yaml.safe_load((workdir / "params.yaml").read_text())
     params["weights"].update(lpips_backbone=str(tmp_path / "alexnet.pth"), lpips_linear=str(tmp_path / "missing.pth"))
@@ -346,7 +347,7 @@ def test_perceptual_loss_without_lpips_weights_fails_before_training(processed_d
 
 
 def test_perceptual_loss_runs_with_a_random_lpips_backbone(processed_demo, tmp_path, monkeypatch):
-    from dithead.lpips import random_checkpoints
+    from dithead.models.lpips import random_checkpoints
 
     backbone, linear = random_checkpoints(seed=0)
     torch.save(backbone, tmp_path / "alexnet.pth")

@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
-from dithead import watermark as wm
-from dithead.encode import DEFAULT_CRF, VideoWriter, write_video
-from dithead.video import iter_source_frames
+from dithead.data.video_reader import iter_source_frames
+from dithead.inference import watermark as wm
+from dithead.inference.video_writer import DEFAULT_CRF, VideoWriter, write_video
 
 N_FRAMES, SIZE = 12, 512
 REPO = Path(__file__).resolve().parents[1]
@@ -145,7 +145,7 @@ def test_video_report_reads_mark_and_provenance_tags(clips):
 
 
 def test_video_report_with_max_frames_decodes_only_those(clips, monkeypatch):
-    import dithead.video
+    import dithead.data.video_reader
 
     _, _, paths = clips
     decoded = []
@@ -155,7 +155,7 @@ def test_video_report_with_max_frames_decodes_only_those(clips, monkeypatch):
             decoded.append(item[0])
             yield item
 
-    monkeypatch.setattr(dithead.video, "iter_source_frames", counting_frames)
+    monkeypatch.setattr(dithead.data.video_reader, "iter_source_frames", counting_frames)
     report = wm.detect_video(paths["marked"], max_frames=5)
     assert report["frames"] == 5 and report["watermarked"]
     assert decoded == [0, 1, 2, 3, 4]                      # decoding stops there, not at the end of the video
@@ -192,8 +192,8 @@ class UnmarkedMiddle:
 
 
 def test_every_frame_of_the_interpolated_video_is_marked(tmp_path, monkeypatch):
-    import dithead.interpolation
-    from dithead.interpolation import interpolate_video
+    import dithead.inference.interpolation
+    from dithead.inference.interpolation import interpolate_video
 
     samples = tmp_path / "outputs" / "samples"
     samples.mkdir(parents=True)
@@ -202,7 +202,7 @@ def test_every_frame_of_the_interpolated_video_is_marked(tmp_path, monkeypatch):
     (tmp_path / "params.yaml").write_text("interpolate: {method: flow, crf: 18}\n"
                                           "sample: {watermark: {message: Tests!, strength: 30.0}}\n"
                                           "weights: {rife: ''}\n")
-    monkeypatch.setattr(dithead.interpolation, "make_interpolator", lambda *a, **k: UnmarkedMiddle())
+    monkeypatch.setattr(dithead.inference.interpolation, "make_interpolator", lambda *a, **k: UnmarkedMiddle())
     # The frames as handed to the encoder: H.264 predicts an in-between frame from its marked
     # neighbours and may copy their mark, so only these show whether the stage marked it.
     written = []

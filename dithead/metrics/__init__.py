@@ -6,10 +6,10 @@ Submodules, imported on use so that importing one metric does not load the other
 - ``landmarks``: LMD, mouth landmark distance (weight-free)
 - ``fid``: Fréchet Inception Distance (pytorch-fid's Inception v3)
 - ``syncnet``: LSE-C / LSE-D (SyncNet v2, as in the Wav2Lip evaluation)
-- ``video``: :func:`evaluate_videos`, every metric on a pair of videos
+- ``evaluation``: :func:`evaluate_videos`, every metric on a pair of videos; :func:`evaluate_samples`, the evaluate stage
 - ``weights``: loading pretrained checkpoints from configured paths
 
-LPIPS lives in :mod:`dithead.lpips` (also used as a training loss).
+LPIPS lives in :mod:`dithead.models.lpips` (also used as a training loss).
 """
 
 from dithead.metrics.weights import MissingWeightsError, WeightsFormatError

@@ -15,7 +15,7 @@ import argparse
 import os
 from pathlib import Path
 
-from dithead.metrics.video import METRICS, EvalConfig
+from dithead.metrics.evaluation import METRICS, EvalConfig
 
 WEIGHT_FLAGS = {
     "lpips_backbone": "torchvision's alexnet-owt-7be5be79.pth (LPIPS)",
@@ -70,7 +70,7 @@ def weights_from(params: str | os.PathLike, args: argparse.Namespace) -> dict[st
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from dithead.device import default_device
     from dithead.fileio import write_json
-    from dithead.metrics.video import evaluate_videos
+    from dithead.metrics.evaluation import evaluate_videos
 
     report = evaluate_videos(args.pred, args.gt, weights_from(args.params, args), audio=args.audio,
                              side_by_side=args.side_by_side, metrics=args.metrics, fps=args.fps,

@@ -46,7 +46,7 @@ silent_lip_stability.py at commit 3603338, Naturalness/lip_dynamics.py at
 - *Normalised score* (confirmed, Eq. 12 / theval/scoring.py). THEval
   normalises the method's mean over a data set by the ground truth's mean; the
   per-clip ``_score`` here is the same formula on one clip, and
-  :func:`dithead.metrics.video.summarise` applies it to the means over clips.
+  :func:`dithead.metrics.evaluation.summarise` applies it to the means over clips.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .fileio import InputFileError
+from dithead.fileio import InputFileError
 
 
 class AudioError(InputFileError):

@@ -17,14 +17,26 @@ so every consumer of ``clip.valid`` (datasets, reference picking) skips them.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Sequence
 
 import numpy as np
 
-from .store import ProcessedClip
+from dithead.data.store import ProcessedClip
 
 SPLIT_MODES = ("identity", "time")
+
+
+@dataclass
+class SplitSettings:
+    """The ``split:`` params (same names and defaults as params.yaml)."""
+
+    mode: str = "identity"              # identity (paper 4.1: unseen people) or time (a personalised model)
+    val_identities: list[str] = field(default_factory=list)   # empty: draw val_identity_count with the seed
+    val_identity_count: int = 11
+    val_fraction: float = 0.2           # time: each clip's held-out end
+    gap_seconds: float = 2.0            # time: used by nobody, before the held-out end
 
 
 def clip_identity(clip: ProcessedClip) -> str:
@@ -96,8 +108,10 @@ def split_by_time(clips: Sequence[ProcessedClip], val_fraction: float, gap_frame
                      identities={clip.name: clip_identity(clip) for clip in clips})
 
 
-def make_split(clips: Sequence[ProcessedClip], params: dict, seed: int, fps: float) -> DataSplit:
+def make_split(clips: Sequence[ProcessedClip], params: SplitSettings | Mapping, seed: int, fps: float) -> DataSplit:
     """The split the ``split:`` params ask for (``fps``: frames per second of the preprocessed clips)."""
+    if is_dataclass(params):
+        params = asdict(params)
     mode = params.get("mode", "identity")
     if mode == "identity":
         return split_by_identity(clips, params.get("val_identities") or (), params.get("val_identity_count", 0), seed)
@@ -160,4 +174,11 @@ def held_out_frames(clips: Sequence[ProcessedClip], split: DataSplit) -> np.ndar
             start, stop = split.validation_frames[clip.name]
             frames = start + np.flatnonzero(np.asarray(clip.valid)[start:stop])
             rows.append(np.stack([np.full(len(frames), c), frames], axis=1))
+    return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 2), dtype=np.int64)
+
+
+def valid_frames(clips: Sequence[ProcessedClip]) -> np.ndarray:
+    """(M, 2) int64 rows (clip index, frame index) of every frame with a face."""
+    rows = [np.stack([np.full(len(idx), c), idx], axis=1)
+            for c, clip in enumerate(clips) if len(idx := np.flatnonzero(np.asarray(clip.valid)))]
     return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 2), dtype=np.int64)

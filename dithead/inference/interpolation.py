@@ -274,8 +274,8 @@ def interpolate_video(input_path: str | os.PathLike, output_path: str | os.PathL
     """
     import av
 
-    from dithead.encode import DEFAULT_CRF, VideoWriter
-    from dithead.video import iter_source_frames, probe_video
+    from dithead.inference.video_writer import DEFAULT_CRF, VideoWriter
+    from dithead.data.video_reader import iter_source_frames, probe_video
 
     info = probe_video(input_path)
     if interpolator is None:

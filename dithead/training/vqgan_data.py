@@ -1,4 +1,4 @@
-"""Training images from preprocessed clips (``dithead.store.ProcessedClip``)."""
+"""Training images from preprocessed clips (``dithead.data.store.ProcessedClip``)."""
 
 from __future__ import annotations
 
@@ -8,26 +8,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dithead.mask import apply_mask, lower_face_mask, random_shift
-from dithead.store import ProcessedClip
-
-
-def image_to_tensor(image: np.ndarray) -> torch.Tensor:
-    """RGB uint8 (H, W, 3) -> float32 (3, H, W) in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(127.5).sub(1.0)
-
-
-def tensor_to_image(tensor: torch.Tensor) -> np.ndarray:
-    """Float (3, H, W) or (B, 3, H, W) in [-1, 1] -> RGB uint8 (H, W, 3) or (B, H, W, 3)."""
-    scaled = (tensor.detach().float().clamp(-1, 1) + 1) * 127.5
-    return scaled.round().to(torch.uint8).movedim(-3, -1).cpu().numpy()
-
-
-def valid_frames(clips: Sequence[ProcessedClip]) -> np.ndarray:
-    """(M, 2) int64 rows (clip index, frame index) of every frame with a face."""
-    rows = [np.stack([np.full(len(idx), c), idx], axis=1)
-            for c, clip in enumerate(clips) if len(idx := np.flatnonzero(np.asarray(clip.valid)))]
-    return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 2), dtype=np.int64)
+from dithead.data.mask import MaskSettings, apply_mask, lower_face_mask, random_shift
+from dithead.data.store import ProcessedClip
+from dithead.models.latents import image_to_tensor
+from dithead.training.split import valid_frames
 
 
 def split_frames(clips: Sequence[ProcessedClip], val_frames: int) -> tuple[np.ndarray, np.ndarray]:
@@ -61,22 +45,19 @@ class FrameDataset(Dataset):
     """Single face crops as float (3, H, W) tensors in [-1, 1].
 
     With ``masked=True`` the lower face is blacked out with the mask of
-    ``dithead.mask`` (Gaussian edge of ``kernel_size``/``sigma``), moved by a
-    random shift of up to ``max_shift`` pixels (paper 3.1). ``frames`` are
+    ``dithead.data.mask`` (``mask``: Gaussian edge of ``kernel_size``/``sigma``), moved
+    by a random shift of up to ``mask.max_shift`` pixels (paper 3.1). ``frames`` are
     (clip index, frame index) rows (default: every valid frame). Index ``i``
-    may exceed the length (see ``dithead.training.StepSampler``): it reads
+    may exceed the length (see ``dithead.training.run.StepSampler``): it reads
     frame ``i % len`` and seeds the shift with ``(seed, i)``, so a sample is
     the same in every run and in any DataLoader worker.
     """
 
-    def __init__(self, clips: Sequence[ProcessedClip], masked: bool, kernel_size: int, sigma: float,
-                 max_shift: int, seed: int, frames: np.ndarray | None = None, region: str = "jaw"):
+    def __init__(self, clips: Sequence[ProcessedClip], masked: bool, mask: MaskSettings, seed: int,
+                 frames: np.ndarray | None = None):
         self.clips = list(clips)
         self.masked = masked
-        self.kernel_size = kernel_size
-        self.sigma = sigma
-        self.max_shift = max_shift
-        self.region = region
+        self.mask = mask
         self.seed = seed
         self.frames = valid_frames(self.clips) if frames is None else np.asarray(frames, dtype=np.int64)
         if len(self.frames) == 0:
@@ -94,9 +75,10 @@ class FrameDataset(Dataset):
         return image_to_tensor(image)
 
     def _mask(self, clip: ProcessedClip, frame: int, size: tuple[int, int], index: int) -> np.ndarray:
-        shift = random_shift(np.random.default_rng([self.seed, index]), self.max_shift) if self.max_shift > 0 else (0, 0)
-        return lower_face_mask(np.asarray(clip.landmarks[frame]), size, self.kernel_size, self.sigma, shift=shift,
-                               region=self.region)
+        max_shift = self.mask.max_shift
+        shift = random_shift(np.random.default_rng([self.seed, index]), max_shift) if max_shift > 0 else (0, 0)
+        return lower_face_mask(np.asarray(clip.landmarks[frame]), size, self.mask.kernel_size, self.mask.sigma,
+                               shift=shift, region=self.mask.region)
 
 
 def crop_size(clips: Sequence[ProcessedClip]) -> int:

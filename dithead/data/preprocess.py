@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .audio import AudioError, align_to_frames, load_audio, write_wav
-from .face import N_LANDMARKS, BoxSmoother, FaceTracker, TrackedFrame, crop_box, landmark_box, square_box, to_crop_coords
-from .fileio import atomic_path, write_json
-from .store import CropStoreWriter
-from .video import VideoError, is_video_file, iter_frames, probe_video
+from dithead.data.audio import AudioError, align_to_frames, load_audio, write_wav
+from dithead.data.face import (N_LANDMARKS, BoxSmoother, FaceTracker, TrackedFrame, crop_box, landmark_box, square_box,
+                               to_crop_coords)
+from dithead.data.store import CropStoreWriter
+from dithead.data.video_reader import VideoError, is_video_file, iter_frames, probe_video
+from dithead.fileio import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,9 @@ AUDIO_WINDOW = 11   # frames in one audio window: a clip needs at least this man
 
 @dataclass
 class PreprocessConfig:
+    """The ``preprocess:`` params (same names and defaults as params.yaml), plus ``data.fps`` and
+    ``data.sample_rate``."""
+
     fps: float = 25.0
     sample_rate: int = 16000
     size: int = 256
@@ -44,15 +48,8 @@ class PreprocessConfig:
     min_valid_frames: int = 25
     codec: str = "jpg"
     jpeg_quality: int = 95
-
-    @classmethod
-    def from_params(cls, params: dict) -> "PreprocessConfig":
-        """The ``data`` and ``preprocess`` sections of params.yaml (shared by the stage and ``dithead generate``)."""
-        p = params["preprocess"]
-        return cls(fps=params["data"]["fps"], sample_rate=params["data"]["sample_rate"], size=p["size"],
-                   margin=p["margin"], smooth_frames=p["smooth_frames"],
-                   detection_confidence=p["detection_confidence"], tracking_confidence=p["tracking_confidence"],
-                   min_valid_frames=p["min_valid_frames"], codec=p["codec"], jpeg_quality=p["jpeg_quality"])
+    workers: int = 2                # clips processed in parallel (the stage passes it to ``process_dir``)
+    preview_frames: int = 4         # frames per clip in the preprocess stage's mask preview
 
 
 class ClipSkipped(Exception):

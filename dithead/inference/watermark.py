@@ -350,7 +350,7 @@ def detect_video(path: str | os.PathLike, message: str = DEFAULT_MESSAGE, streng
     """Report for a video file: the container's provenance tags and the per-frame watermark."""
     import av
 
-    from dithead.video import VideoError, iter_source_frames, probe_video
+    from dithead.data.video_reader import VideoError, iter_source_frames, probe_video
 
     path = Path(path)
     probe_video(path)                               # clear error for missing or unreadable files

@@ -7,9 +7,9 @@ import os
 import cv2
 import numpy as np
 
-from .fileio import atomic_path
-from .mask import apply_mask, lower_face_mask
-from .store import ProcessedClip
+from dithead.data.mask import MaskSettings, apply_mask, lower_face_mask
+from dithead.data.store import ProcessedClip
+from dithead.fileio import atomic_path
 
 
 def preview_indices(clip: ProcessedClip, count: int) -> list[int]:
@@ -20,12 +20,13 @@ def preview_indices(clip: ProcessedClip, count: int) -> list[int]:
     return sorted({int(valid[i]) for i in np.linspace(0, len(valid) - 1, count).round().astype(int)})
 
 
-def mask_preview(clip: ProcessedClip, count: int, kernel_size: int, sigma: float, region: str = "jaw") -> np.ndarray:
-    """RGB grid, one column per frame: crop with mask outline | mask | masked crop."""
+def mask_preview(clip: ProcessedClip, count: int, settings: MaskSettings) -> np.ndarray:
+    """RGB grid, one column per frame: crop with mask outline | mask | masked crop (unshifted masks)."""
     columns = []
     for i in preview_indices(clip, count):
         crop = clip.crop(i)
-        mask = lower_face_mask(clip.landmarks[i], crop.shape[:2], kernel_size, sigma, region=region)
+        mask = lower_face_mask(clip.landmarks[i], crop.shape[:2], settings.kernel_size, settings.sigma,
+                               region=settings.region)
         outlined = crop.copy()
         contours, _ = cv2.findContours((mask > 0.5).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(outlined, contours, -1, (0, 255, 0), 1)

@@ -14,26 +14,21 @@ Distributed training, mixed precision and gradient accumulation are
   each checkpoint), a tqdm bar with loss and images/s, and an atomic final
   ``save_pretrained``.
 
-A training loop uses them like this::
+``TrainingRun`` is the loop both training stages share; they supply a
+step, the training metrics to log, a validation and (optionally) an
+images-only preview::
 
     accelerator = make_accelerator(mixed_precision="auto", gradient_accumulation_steps=2, seed=0)
     model, optimizer = accelerator.prepare(model, optimizer)
-    checkpointer = Checkpointer(accelerator, "checkpoints/train_x", every=1000,
-                                fingerprint=checkpoint_settings(run_config), live_dir="dvclive/train_x")
-    start = checkpointer.resume(max_step=steps)
-    live = make_live(accelerator, "dvclive/train_x", resume=start > 0)
-    batches = iter(make_dataloader(dataset, batch_size=8, accelerator=accelerator, seed=0, start_step=start))
-    with GracefulStop() as stop, progress_bar(accelerator, total=steps, initial=start) as bar:
-        for step in range(start + 1, steps + 1):
-            for _ in range(accelerator.gradient_accumulation_steps):
-                with accelerator.accumulate(model):
-                    ...  # forward, accelerator.backward, optimizer.step, zero_grad
-            log_metrics(live, step, {...})
-            checkpointer.maybe_save(step)
-            if stop.should_stop(accelerator):
-                raise TrainingInterrupted(step, checkpointer.save(step))
-    save_pretrained_atomic(accelerator, "models/x", accelerator.unwrap_model(model))
-    checkpointer.clear()
+    run = TrainingRun(accelerator, steps=steps, samples_per_step=..., desc="x",
+                      checkpoint_dir="checkpoints/train_x", fingerprint=checkpoint_settings(run_config),
+                      live_dir="dvclive/train_x", cadence=Cadence(log_every=50, validate_every=1000,
+                      image_every=1000, checkpoint_every=1000))        # resumes here, if it can
+    batches = iter(make_dataloader(dataset, batch_size=8, accelerator=accelerator, seed=0, start_step=run.start))
+    run.loop(step=train_one_step, train_metrics=lambda step, rate: {...}, validate=validate)
+    final = validate(steps, True)
+    save_pretrained_atomic(accelerator, "models/x", model)
+    run.finish()                                                        # ends dvclive, deletes the checkpoints
 """
 
 from __future__ import annotations
@@ -44,7 +39,8 @@ import re
 import shutil
 import signal
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +51,9 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from dithead.device import check_precision
 from dithead.fileio import atomic_path, write_json
 
-MIXED_PRECISION_CHOICES = ("auto", "bf16", "fp16", "no")
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
 FINGERPRINT_FILE = "run.json"
 LIVE_SUBDIR = "live"
@@ -77,8 +73,7 @@ class TrainingInterrupted(Exception):
 
 def resolve_mixed_precision(choice: str) -> str:
     """``auto`` -> ``bf16`` where the GPU supports it, else ``no`` (CPU bf16 is slower than fp32)."""
-    if choice not in MIXED_PRECISION_CHOICES:
-        raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION_CHOICES)}, not {choice!r}")
+    check_precision(choice, "mixed_precision")
     if choice != "auto":
         return choice
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
@@ -169,7 +164,17 @@ def checkpoint_settings(config: Mapping[str, Any], bookkeeping: Iterable[str] = 
     """The settings in ``config`` a checkpoint depends on: all but :data:`BOOKKEEPING` and the stage's own
     ``bookkeeping`` keys (how often it validates, how it logs)."""
     skip = BOOKKEEPING | set(bookkeeping)
-    return {key: value for key, value in config.items() if key not in skip}
+    return {key: value for key, value in _flat_mask(config).items() if key not in skip}
+
+
+def _flat_mask(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``mask: {kernel_size: ...}`` as the ``mask_kernel_size``, ... keys that checkpoint fingerprints have
+    always used (configs once held the mask settings as loose fields): checkpoints of a run started before
+    the configs took a ``MaskSettings`` still match and resume."""
+    flat = {key: value for key, value in config.items() if key != "mask"}
+    if isinstance(config.get("mask"), Mapping):
+        flat.update({f"mask_{key}": value for key, value in config["mask"].items()})
+    return flat
 
 
 class Checkpointer:
@@ -382,6 +387,77 @@ def progress_bar(accelerator: Accelerator, *, total: int, initial: int = 0, desc
     """A tqdm bar over optimizer steps, shown by the main process only."""
     return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
                 disable=not accelerator.is_local_main_process)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """How often a run logs its training metrics, validates, draws images and saves a checkpoint (steps)."""
+
+    log_every: int
+    validate_every: int
+    image_every: int
+    checkpoint_every: int           # 0: only on a signal
+
+
+class TrainingRun:
+    """One training run around a stage's step: resume, dvclive, signals, progress, cadence and checkpoints.
+
+    Created after ``accelerator.prepare`` (and ``register_for_checkpointing``):
+    it resumes from the newest checkpoint of the same ``fingerprint`` in
+    ``checkpoint_dir`` (``start`` is its step, 0 for a fresh run) and opens
+    dvclive in ``live_dir`` (``live``, ``None`` off the main process).
+    ``loop`` runs steps ``start + 1 .. steps``; ``finish`` ends the run after
+    the stage has saved its model.
+    """
+
+    def __init__(self, accelerator: Accelerator, *, steps: int, samples_per_step: int, desc: str,
+                 checkpoint_dir: str | os.PathLike, fingerprint: Mapping[str, Any], live_dir: str | os.PathLike,
+                 cadence: Cadence):
+        self.accelerator, self.steps, self.samples_per_step, self.desc = accelerator, steps, samples_per_step, desc
+        self.cadence = cadence
+        self.checkpointer = Checkpointer(accelerator, checkpoint_dir, every=cadence.checkpoint_every,
+                                         fingerprint=fingerprint, live_dir=live_dir)
+        self.start = self.checkpointer.resume(max_step=steps)
+        self.live = make_live(accelerator, live_dir, resume=self.start > 0)
+
+    def loop(self, *, step: Callable[[int], None], train_metrics: Callable[[int, float], Mapping[str, float]],
+             validate: Callable[[int, bool], Any], images: Callable[[int], Any] | None = None) -> None:
+        """Each step: ``step(step)`` (the optimizer step and its micro-batches); at log steps (and the last)
+        ``train_metrics(step, samples_per_second)`` on every process, logged by the main one; before the last
+        step, ``validate(step, with_images)`` every ``validate_every`` steps, else ``images(step)`` every
+        ``image_every``; a checkpoint every ``checkpoint_every``. A signal saves a checkpoint and raises
+        ``TrainingInterrupted``. The final validation is the stage's (after ``loop``)."""
+        cadence, accelerator = self.cadence, self.accelerator
+        images = images or (lambda at: validate(at, True))
+        throughput = Throughput()
+        with GracefulStop() as stop, progress_bar(accelerator, total=self.steps, initial=self.start,
+                                                  desc=self.desc) as bar:
+            for at in range(self.start + 1, self.steps + 1):
+                step(at)
+                rate = throughput.update(self.samples_per_step)
+                bar.update(1)
+                if at % cadence.log_every == 0 or at == self.steps:
+                    metrics = dict(train_metrics(at, rate))
+                    if "train/loss" in metrics:
+                        bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", samples_s=f"{rate:.1f}")
+                    log_metrics(self.live, at, metrics)
+                if at != self.steps:
+                    if at % cadence.validate_every == 0:
+                        validate(at, at % cadence.image_every == 0)
+                    elif at % cadence.image_every == 0:
+                        images(at)
+                saved = self.checkpointer.maybe_save(at)
+                if stop.should_stop(accelerator) and at != self.steps:
+                    raise TrainingInterrupted(at, saved or self.checkpointer.save(at))
+
+    def finish(self) -> None:
+        """After the model is saved: end dvclive and delete the checkpoints."""
+        if self.live is not None:
+            self.live.end()
+        self.checkpointer.clear()
 
 
 # --------------------------------------------------------------------------- final output

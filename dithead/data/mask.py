@@ -16,6 +16,8 @@ Two regions (``mask.region``):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
@@ -89,3 +91,13 @@ def random_shift(rng: np.random.Generator, max_shift: int) -> tuple[int, int]:
     """A random (dx, dy), each in [-max_shift, max_shift] (training augmentation, paper 3.6)."""
     dx, dy = rng.integers(-max_shift, max_shift + 1, size=2)
     return int(dx), int(dy)
+
+
+@dataclass
+class MaskSettings:
+    """The lower-face mask of ``dithead.data.mask`` (the ``mask:`` params)."""
+
+    kernel_size: int = 31
+    sigma: float = 8.0
+    max_shift: int = 4
+    region: str = "jaw"

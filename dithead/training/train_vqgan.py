@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,112 +26,15 @@ import torch.nn.functional as F
 from diffusers import VQModel
 from torch import nn
 
-from dithead.datasets import FrameDataset, crop_size, split_frames, tensor_to_image
+from dithead.data.mask import MaskSettings
+from dithead.data.store import ProcessedClip
+from dithead.device import check_precision
 from dithead.metrics import image as image_metrics
-from dithead.store import ProcessedClip
-from dithead.training import (Checkpointer, GracefulStop, Throughput, TrainingInterrupted, check_minimums,
-                              checkpoint_settings, log_image, log_metrics, make_accelerator, make_dataloader, make_live,
-                              progress_bar, save_pretrained_atomic)
-
-# --------------------------------------------------------------------------- models
-
-
-def build_vqmodel(*, image_size: int, channels: Sequence[int], layers_per_block: int, latent_channels: int,
-                  codebook_size: int, norm_groups: int) -> VQModel:
-    """A diffusers ``VQModel`` with downsampling factor ``f = 2 ** (len(channels) - 1)``.
-
-    ``channels=[128, 256, 512], layers_per_block=2, latent_channels=3,
-    codebook_size=8192`` is LDM's vq-f4.
-    """
-    channels = [int(c) for c in channels]
-    if not channels:
-        raise ValueError("vqgan channels must list at least one width")
-    if layers_per_block < 1:
-        raise ValueError(f"vqgan layers_per_block must be >= 1, not {layers_per_block}")
-    if any(c % norm_groups for c in channels):
-        raise ValueError(f"every vqgan channel width {channels} must be divisible by norm_groups={norm_groups}")
-    factor = 2 ** (len(channels) - 1)
-    if image_size % factor:
-        raise ValueError(f"image size {image_size} is not divisible by the downsampling factor {factor}")
-    return VQModel(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * len(channels),
-        up_block_types=("UpDecoderBlock2D",) * len(channels),
-        block_out_channels=tuple(channels),
-        layers_per_block=layers_per_block,
-        latent_channels=latent_channels,
-        sample_size=image_size,
-        num_vq_embeddings=codebook_size,
-        norm_num_groups=norm_groups,
-        # LDM's VQ latents go into diffusion unscaled; train_vqgan replaces
-        # this with 1/std of the trained model's latents.
-        scaling_factor=1.0,
-    )
-
-
-def downsample_factor(model: VQModel) -> int:
-    """Image side / latent side of ``model`` (its ``f``)."""
-    return 2 ** (len(model.config.block_out_channels) - 1)
-
-
-class VQAutoencoder(nn.Module):
-    """One training pass of a ``VQModel``: encode, quantise, decode.
-
-    ``forward`` returns (reconstruction, codebook loss, code indices), so that
-    a distributed wrapper sees the whole pass as one forward call and the
-    codes are at hand for codebook statistics.
-    """
-
-    def __init__(self, vq: VQModel):
-        super().__init__()
-        self.vq = vq
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        latents = self.vq.encode(images).latents
-        quantized, codebook_loss, (_, _, codes) = self.vq.quantize(latents)
-        reconstruction = self.vq.decode(quantized, force_not_quantize=True).sample
-        return reconstruction, codebook_loss, codes.reshape(-1)
-
-    @property
-    def last_layer(self) -> nn.Parameter:
-        """The decoder's output convolution, where the adaptive GAN weight is measured."""
-        return self.vq.decoder.conv_out.weight
-
-
-class NLayerDiscriminator(nn.Module):
-    """PatchGAN discriminator of pix2pix, as used by taming-transformers.
-
-    ``layers`` stride-2 convolutions (widths ``channels * 2**i``, capped at 8x),
-    then a stride-1 convolution and a 1-channel output: one logit per
-    overlapping patch.
-    """
-
-    def __init__(self, in_channels: int = 3, channels: int = 64, layers: int = 3):
-        super().__init__()
-        widths = [channels * min(2 ** i, 8) for i in range(layers + 1)]
-        blocks: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 4, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
-        for i in range(1, layers + 1):
-            stride = 2 if i < layers else 1
-            blocks += [nn.Conv2d(widths[i - 1], widths[i], 4, stride=stride, padding=1, bias=False),
-                       nn.BatchNorm2d(widths[i]), nn.LeakyReLU(0.2, True)]
-        blocks.append(nn.Conv2d(widths[-1], 1, 4, stride=1, padding=1))
-        self.main = nn.Sequential(*blocks)
-        self.apply(_init_discriminator_weights)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.main(images)
-
-
-def _init_discriminator_weights(module: nn.Module) -> None:
-    if isinstance(module, nn.Conv2d):
-        nn.init.normal_(module.weight, 0.0, 0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.BatchNorm2d):
-        nn.init.normal_(module.weight, 1.0, 0.02)
-        nn.init.zeros_(module.bias)
-
+from dithead.models.latents import tensor_to_image
+from dithead.models.vqgan import NLayerDiscriminator, VQAutoencoder, build_vqmodel
+from dithead.training.run import (Cadence, TrainingRun, check_minimums, checkpoint_settings, log_image, log_metrics,
+                                  make_accelerator, make_dataloader, save_pretrained_atomic)
+from dithead.training.vqgan_data import FrameDataset, crop_size, split_frames
 
 # --------------------------------------------------------------------------- losses
 
@@ -268,14 +171,12 @@ def evaluate(vq: VQModel, batches: Iterable[torch.Tensor], device: torch.device,
 
 @dataclass
 class VQGANTrainingConfig:
-    """Everything one VQGAN training run depends on (the ``vqgan:`` params plus mask and seed)."""
+    """Everything one VQGAN training run depends on: the ``vqgan:`` params (same names, same defaults as
+    params.yaml; tests/test_params.py checks), plus which VQGAN, ``seed`` and ``mask``."""
 
     masked: bool
     seed: int = 0
-    mask_kernel_size: int = 31
-    mask_sigma: float = 8.0
-    mask_max_shift: int = 4
-    mask_region: str = "jaw"
+    mask: MaskSettings = field(default_factory=MaskSettings)
     # model
     channels: list[int] = field(default_factory=lambda: [128, 256, 512])
     layers_per_block: int = 2
@@ -307,6 +208,7 @@ class VQGANTrainingConfig:
                     "image_every": 1, "checkpoint_every": 0, "val_frames": 0, "workers": 0, "disc_start": 0,
                     "base_learning_rate": 0, "disc_weight": 0, "perceptual_weight": 0, "codebook_weight": 0}
         check_minimums(self, at_least, "vqgan")
+        check_precision(self.mixed_precision, "vqgan.mixed_precision")
 
     def loss_weights(self) -> LossWeights:
         return LossWeights(perceptual=self.perceptual_weight, codebook=self.codebook_weight,
@@ -386,24 +288,24 @@ def train_vqgan(clips: Sequence[ProcessedClip], config: VQGANTrainingConfig, *, 
 
     size = crop_size(clips)
     train_rows, val_rows = split_frames(clips, config.val_frames)
-    mask_args = dict(masked=config.masked, kernel_size=config.mask_kernel_size, sigma=config.mask_sigma,
-                     region=config.mask_region)
-    train_set = FrameDataset(clips, **mask_args, max_shift=config.mask_max_shift, seed=config.seed, frames=train_rows)
-    val_set = FrameDataset(clips, **mask_args, max_shift=0, seed=config.seed, frames=val_rows) if len(val_rows) else None
+    train_set = FrameDataset(clips, masked=config.masked, mask=config.mask, seed=config.seed, frames=train_rows)
+    val_set = FrameDataset(clips, masked=config.masked, mask=replace(config.mask, max_shift=0), seed=config.seed,
+                           frames=val_rows) if len(val_rows) else None
 
     trainer = VQGANTrainer(accelerator, config, image_size=size, perceptual=perceptual)
 
-    checkpointer = Checkpointer(accelerator, checkpoint_dir, every=config.checkpoint_every,
-                                fingerprint=run_fingerprint(config, clips), live_dir=live_dir)
-    start = checkpointer.resume(max_step=config.steps)
-    live = make_live(accelerator, live_dir, resume=start > 0)
+    run = TrainingRun(accelerator, steps=config.steps,
+                      samples_per_step=config.batch_size * config.gradient_accumulation * accelerator.num_processes,
+                      desc=f"vqgan {'masked' if config.masked else 'gt'}", checkpoint_dir=checkpoint_dir,
+                      fingerprint=run_fingerprint(config, clips), live_dir=live_dir,
+                      cadence=Cadence(log_every=config.log_every, validate_every=config.eval_every,
+                                      image_every=config.image_every, checkpoint_every=config.checkpoint_every))
+    live = run.live
     batches = iter(make_dataloader(train_set, batch_size=config.batch_size, accelerator=accelerator,
-                                   seed=config.seed, start_step=start, workers=config.workers))
+                                   seed=config.seed, start_step=run.start, workers=config.workers))
 
     plain_autoencoder = trainer.plain_autoencoder
     window = _MetricWindow(config.codebook_size, device)
-    throughput = Throughput()
-    images_per_step = config.batch_size * config.gradient_accumulation * accelerator.num_processes
 
     def validate(step: int, with_images: bool) -> tuple[dict[str, float], float | None]:
         """Held-out metrics and the latents' std, measured by the main process alone (the others get ``{}, None``)."""
@@ -424,35 +326,20 @@ def train_vqgan(clips: Sequence[ProcessedClip], config: VQGANTrainingConfig, *, 
             log_image(live, step, "reconstructions.png", grid)
         accelerator.wait_for_everyone()
 
-    with GracefulStop() as stop, progress_bar(accelerator, total=config.steps, initial=start,
-                                              desc=f"vqgan {'masked' if config.masked else 'gt'}") as bar:
-        for step in range(start + 1, config.steps + 1):
-            for _ in range(config.gradient_accumulation):
-                logs, codes = trainer.micro_step(next(batches), step)
-                window.add(logs, codes)
+    def train_step(step: int) -> None:
+        for _ in range(config.gradient_accumulation):
+            logs, codes = trainer.micro_step(next(batches), step)
+            window.add(logs, codes)
 
-            rate = throughput.update(images_per_step)
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(logs['loss']):.4f}", img_s=f"{rate:.1f}")
-            if step % config.log_every == 0 or step == config.steps:
-                log_metrics(live, step, {**window.means(accelerator), "train/images_per_s": rate})
-            if step % config.eval_every == 0 and step != config.steps:
-                validate(step, with_images=step % config.image_every == 0)
-            elif step % config.image_every == 0 and step != config.steps:
-                preview(step)
-            saved = checkpointer.maybe_save(step)
-            if stop.should_stop(accelerator) and step != config.steps:
-                raise TrainingInterrupted(step, saved or checkpointer.save(step))
-
+    run.loop(step=train_step, train_metrics=lambda step, rate: {**window.means(accelerator), "train/images_per_s": rate},
+             validate=validate, images=preview)
     final, latent_std = validate(config.steps, with_images=True)
     vq = plain_autoencoder.vq
     if latent_std is not None:
         # Unit-variance latents for the diffusion model, like Stable Diffusion's scaling factor.
         vq.register_to_config(scaling_factor=1.0 / latent_std)
     save_pretrained_atomic(accelerator, output_dir, vq)
-    if live is not None:
-        live.end()
-    checkpointer.clear()
+    run.finish()
     return final
 
 

@@ -4,19 +4,19 @@ A training item is one frame k of a clip:
 
 * its ground-truth latent (the diffusion target),
 * a reference latent: another frame of the same clip with a face, at least
-  ``min_ref_distance`` frames away (``dithead.sampling.pick_reference_index``,
+  ``min_ref_distance`` frames away (``dithead.inference.sampling.pick_reference_index``,
   the rule inference picks the first frame's reference by),
 * the frame with its lower face masked, the mask moved by a random shift
   (paper 3.6), still as pixels: the masked VQGAN encodes it on the GPU, since a
   new shift every time means a new latent every time,
-* the audio window of frame k (``dithead.features.audio_windows``).
+* the audio window of frame k (``dithead.data.audio_features.audio_windows``).
 
 Ground-truth and reference latents never change (no augmentation touches
 them), so they are encoded once by ``precompute_latents`` into a cache of
 memory-mapped arrays and read from there; ``bench/dit.py`` measures what that
 saves.
 
-Clips are split by identity (``dithead.split``): every clip of a validation
+Clips are split by identity (``dithead.training.split``): every clip of a validation
 identity is left out of training. The identity is meta.json's ``identity``
 when present, else the clip name.
 """
@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +35,13 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from dithead.datasets import valid_frames
-from dithead.features import audio_windows
+from dithead.data.audio_features import audio_windows
+from dithead.data.mask import MaskSettings, apply_mask, lower_face_mask, random_shift
+from dithead.data.store import ProcessedClip
 from dithead.fileio import atomic_path
-from dithead.mask import apply_mask, lower_face_mask, random_shift
-from dithead.sampling import pick_reference_index
-from dithead.store import ProcessedClip
+from dithead.inference.sampling import pick_reference_index
+from dithead.models.latents import encode_latents, model_fingerprint
+from dithead.training.split import valid_frames
 
 LATENT_DTYPE = np.float16   # half the disk and page cache of float32; far below the diffusion noise
 
@@ -87,37 +87,6 @@ def audio_feature_paths(clips: Sequence[ProcessedClip], features_dir: str | os.P
 # --------------------------------------------------------------------------- latents
 
 
-def images_to_unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float in [-1, 1], the VQGANs' input range."""
-    return images.float().div(127.5).sub(1.0)
-
-
-@torch.no_grad()
-def encode_latents(vq, images: torch.Tensor) -> torch.Tensor:
-    """Latents the DiT works on: the VQGAN encoder's output times its ``scaling_factor``.
-
-    Not quantised: the DiT learns the continuous encoder output, as LDM trains
-    on VQ models, and the ground-truth decoder quantises what the DiT generates
-    (``VQModel.decode`` does by default), snapping small errors onto the codebook.
-    ``images``: uint8 or [-1, 1] float (B, 3, H, W).
-    """
-    if images.dtype == torch.uint8:
-        images = images_to_unit(images)
-    return vq.encode(images).latents * vq.config.scaling_factor
-
-
-@torch.no_grad()
-def decode_latents(vq, latents: torch.Tensor) -> torch.Tensor:
-    """Inverse of ``encode_latents`` through the (quantising) decoder: images in [-1, 1]."""
-    return vq.decode(latents / vq.config.scaling_factor).sample.clamp(-1, 1)
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """SHA-256 of a model's config and weights: a cache made with other weights is stale."""
-    digest = hashlib.sha256(json.dumps(dict(getattr(model, "config", {})), sort_keys=True, default=str).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -184,21 +153,11 @@ def _barrier(accelerator) -> None:
 # --------------------------------------------------------------------------- dataset
 
 
-@dataclass
-class MaskSettings:
-    """The lower-face mask of ``dithead.mask`` (the ``mask:`` params)."""
-
-    kernel_size: int = 31
-    sigma: float = 8.0
-    max_shift: int = 4
-    region: str = "jaw"
-
-
 class DiTDataset(Dataset):
     """Training or validation items of the DiT (see the module docstring).
 
     ``frames``: (M, 2) rows (clip index, frame index) of target frames with a
-    face. Index ``i`` may exceed the length (``dithead.training.StepSampler``):
+    face. Index ``i`` may exceed the length (``dithead.training.run.StepSampler``):
     it reads row ``i % M`` and draws the reference frame and the mask shift
     from ``(seed, i)``, so an item is the same in every run and worker, and
     differs between epochs. Items are dicts of tensors:

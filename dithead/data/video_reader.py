@@ -16,7 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .fileio import InputFileError
+from dithead.fileio import InputFileError
 
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".flv"}
 

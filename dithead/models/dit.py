@@ -72,7 +72,7 @@ class DiTHead(ModelMixin, AttentionMixin, ConfigMixin):
         audio_adaln: with ``adaln``, modulate by the timestep plus an embedding of the audio window.
 
     Latents are VQGAN encoder outputs (before quantisation) times that
-    VQModel's ``config.scaling_factor`` (see ``dithead.dit_data.encode_latents``).
+    VQModel's ``config.scaling_factor`` (see ``dithead.models.latents.encode_latents``).
     """
 
     _supports_gradient_checkpointing = True

@@ -48,14 +48,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dithead.audio import AudioError, NoAudioStream, load_audio
-from dithead.face import FaceTracker, crop_box, landmark_box, nearest_valid, square_box, to_crop_coords
+from dithead.data.audio import AudioError, NoAudioStream, load_audio
+from dithead.data.face import FaceTracker, crop_box, landmark_box, nearest_valid, square_box, to_crop_coords
+from dithead.data.video_reader import VideoError, iter_frames, probe_video
 from dithead.fileio import InputFileError
 from dithead.metrics import image as image_metrics
 from dithead.metrics.landmarks import frame_lmd
 from dithead.metrics.lipsync import LIPSYNC_METRICS, THEVAL, gt_normalised, lip_sync_metrics, why_missing
 from dithead.metrics.weights import MissingWeightsError, WeightsFormatError
-from dithead.video import VideoError, iter_frames, probe_video
 
 METRICS = ("psnr", "ssim", "lpips", "fid", "lse_c", "lse_d", "lmd", "mouth_psnr", "mouth_ssim")
 SYNC_METRICS = ("lse_c", "lse_d")
@@ -110,7 +110,7 @@ class Networks:
     @classmethod
     def load(cls, weights: Mapping[str, str], metrics: Sequence[str], device: str = "cpu") -> "Networks":
         """``weights``: the ``weights:`` section of params.yaml (keys without the ``weights.`` prefix)."""
-        from dithead.lpips import LPIPS
+        from dithead.models.lpips import LPIPS
         from dithead.metrics.fid import load_fid_inception
         from dithead.metrics.syncnet import load_syncnet
 
@@ -484,7 +484,7 @@ def _crop_landmarks(track: FaceTrack, k: int, box: np.ndarray, size: int) -> np.
 def _side_by_side_writer(path, fps: float, audio):
     if path is None:
         return None
-    from dithead.encode import VideoWriter
+    from dithead.inference.video_writer import VideoWriter
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     return VideoWriter(path, fps, audio=audio)
@@ -735,7 +735,7 @@ class ClipsEvaluation:
 
 def ground_truth_for(clip: str, raw_dir: Path) -> Path | None:
     """The raw video named ``clip`` (any video extension)."""
-    from dithead.video import is_video_file
+    from dithead.data.video_reader import is_video_file
 
     matches = sorted(p for p in Path(raw_dir).glob(f"{clip}.*") if is_video_file(p))
     return matches[0] if matches else None

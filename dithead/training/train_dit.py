@@ -1,10 +1,10 @@
 """Training of the DiT (paper 3.3, 3.6) with the frozen VQGAN encoders.
 
-Diffusion as in ADM (``dithead.dit.make_noise_scheduler``), epsilon
+Diffusion as in ADM (``dithead.models.dit.make_noise_scheduler``), epsilon
 prediction and MSE, AdamW at a constant learning rate, an EMA of the weights
 (diffusers ``EMAModel``). Distributed training and mixed precision are
 ``accelerate``'s; checkpoints, resume, signals and logging are
-``dithead.training``'s, as for the VQGANs.
+``dithead.training.run``'s, as for the VQGANs.
 
 The output directory holds the raw weights (``save_pretrained``), the EMA
 weights in ``ema/``, the training noise schedule in ``scheduler/`` and the
@@ -22,33 +22,34 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, VQModel
+from diffusers import VQModel
 from diffusers.training_utils import EMAModel
 
-from dithead.datasets import tensor_to_image, valid_frames
-from dithead.dit import DIT_PRESETS, DiTHead, diffusion_loss, dit_config, make_noise_scheduler, masked_region_weight
-from dithead.dit_data import (DiTDataset, LazyArrays, MaskSettings, audio_feature_paths,
-                              decode_latents, encode_latents, evenly_spaced, file_sha256, model_fingerprint,
-                              precompute_latents)
+from dithead.data.mask import MaskSettings
+from dithead.data.store import ProcessedClip
+from dithead.device import check_precision
 from dithead.fileio import atomic_path
-from dithead.split import DataSplit, FrameRangeView, held_out_frames, make_split, reference_clips
-from dithead.store import ProcessedClip
-from dithead.training import (MIXED_PRECISION_CHOICES, Checkpointer, GracefulStop, Throughput, TrainingInterrupted,
-                              check_minimums, checkpoint_settings, log_image, log_metrics, make_accelerator,
-                              make_dataloader, make_live, progress_bar)
+from dithead.inference.sampling import make_scheduler, sample_independent
+from dithead.models.dit import (DIT_PRESETS, DiTHead, diffusion_loss, dit_config, make_noise_scheduler,
+                                masked_region_weight)
+from dithead.models.latents import decode_latents, encode_latents, model_fingerprint, tensor_to_image
+from dithead.training.dit_data import (DiTDataset, LazyArrays, audio_feature_paths, evenly_spaced,
+                                       file_sha256, precompute_latents)
+from dithead.training.run import (Cadence, TrainingRun, check_minimums, checkpoint_settings, log_image, log_metrics,
+                                  make_accelerator, make_dataloader)
+from dithead.training.split import (DataSplit, FrameRangeView, SplitSettings, held_out_frames, make_split,
+                                    reference_clips, valid_frames)
 
 SPLIT_FILE = "split.json"
 
 
 @dataclass
 class DiTTrainingConfig:
-    """Everything one DiT training run depends on (the ``dit:`` params plus mask and seed)."""
+    """Everything one DiT training run depends on: the ``dit:`` params (same names, same defaults as
+    params.yaml; tests/test_params.py checks), plus ``seed``, ``mask``, ``split`` and ``data.fps``."""
 
     seed: int = 0
-    mask_kernel_size: int = 31
-    mask_sigma: float = 8.0
-    mask_max_shift: int = 4
-    mask_region: str = "jaw"
+    mask: MaskSettings = field(default_factory=MaskSettings)
     # model: a preset of DIT_PRESETS, optionally resized (None keeps the preset's value)
     preset: str = "DiT-L/2"
     depth: int | None = None
@@ -60,7 +61,7 @@ class DiTTrainingConfig:
     # data
     audio_window: int = 11
     min_ref_distance: int = 60
-    split: dict = field(default_factory=lambda: {"mode": "identity", "val_identity_count": 1})   # the split: params
+    split: SplitSettings = field(default_factory=SplitSettings)
     fps: float = 25.0                   # frames per second of the preprocessed clips (time split's gap)
     val_samples: int = 64
     # diffusion and optimisation
@@ -70,14 +71,14 @@ class DiTTrainingConfig:
     learning_rate: float = 1e-4
     weight_decay: float = 0.0
     batch_size: int = 32                # per process and micro-step
-    gradient_accumulation: int = 1
-    steps: int = 400_000
+    gradient_accumulation: int = 2
+    steps: int = 200_000
     ema_decay: float = 0.9999
     mixed_precision: str = "auto"
     # bookkeeping
     log_every: int = 100
     val_every: int = 5000
-    sample_every: int = 5000
+    sample_every: int = 10_000
     sample_count: int = 4
     sample_steps: int = 50
     checkpoint_every: int = 5000
@@ -112,9 +113,7 @@ class DiTTrainingConfig:
         if self.sample_steps > self.diffusion_steps:
             raise ValueError(f"dit.sample_steps ({self.sample_steps}) must be <= dit.diffusion_steps "
                              f"({self.diffusion_steps})")
-        if self.mixed_precision not in MIXED_PRECISION_CHOICES:
-            raise ValueError(f"dit.mixed_precision must be one of {', '.join(MIXED_PRECISION_CHOICES)}, "
-                             f"not {self.mixed_precision!r}")
+        check_precision(self.mixed_precision, "dit.mixed_precision")
 
 
 # How often the DiT stage validates and draws previews, and how it batches the
@@ -145,7 +144,7 @@ def _prepare_data(clips: Sequence[ProcessedClip], config: DiTTrainingConfig, fea
     latents, features = LazyArrays(latent_paths), LazyArrays(feature_paths)
     common = dict(latents=latents, features=features, min_ref_distance=config.min_ref_distance,
                   audio_window=config.audio_window, seed=config.seed)
-    mask = MaskSettings(config.mask_kernel_size, config.mask_sigma, config.mask_max_shift, config.mask_region)
+    mask = config.mask
     # Training reads each clip through its training range only (a time split holds out its end).
     train_views = [FrameRangeView(clip, *split.train_frames.get(clip.name, (0, 0))) for clip in clips]
     train_rows = valid_frames(train_views)
@@ -264,16 +263,11 @@ def preview_grid(model: DiTHead, train_scheduler, dataset: DiTDataset, vq_masked
     model.eval()
     batch = _to_device(_collate(dataset, 0, min(count, len(dataset))), device)
     inputs = _conditions(batch, vq_masked, autocast)
-    # Latents are not bounded like pixels: no clipping of the predicted clean latent.
-    ddim = DDIMScheduler.from_config(train_scheduler.config, clip_sample=False)
-    ddim.set_timesteps(steps)
     g = torch.Generator().manual_seed(seed)
-    z = torch.randn(inputs["latents"].shape, generator=g).to(device) * ddim.init_noise_sigma
-    for t in ddim.timesteps:
-        with autocast():
-            eps = model(sample=z, masked=inputs["masked"], reference=inputs["reference"], audio=inputs["audio"],
-                        timestep=t.to(device)).sample
-        z = ddim.step(eps.float(), t, z).prev_sample
+    noise = torch.randn(inputs["latents"].shape, generator=g).to(device)
+    # The sample stage's DDIM (no clipping of the predicted clean latent: latents are not bounded like pixels).
+    z = sample_independent(model, make_scheduler("ddim", train_scheduler.config), inputs["masked"],
+                           inputs["reference"], inputs["audio"], steps=steps, noise=noise, autocast=autocast)
     with autocast():
         generated = decode_latents(vq_gt, z).float()
     clips = dataset.clips
@@ -315,16 +309,16 @@ def train_dit(clips: Sequence[ProcessedClip], config: DiTTrainingConfig, *, feat
                    "data": {clip.name: [clip.fingerprint(), file_sha256(data.train.features.paths[clip.name])]
                             for clip in clips},
                    "vqgan": [model_fingerprint(vq_masked), model_fingerprint(vq_gt)]}
-    checkpointer = Checkpointer(accelerator, checkpoint_dir, every=config.checkpoint_every,
-                                fingerprint=fingerprint, live_dir=live_dir)
-    start = checkpointer.resume(max_step=config.steps)
+    run = TrainingRun(accelerator, steps=config.steps,
+                      samples_per_step=config.batch_size * config.gradient_accumulation * accelerator.num_processes,
+                      desc="dit", checkpoint_dir=checkpoint_dir, fingerprint=fingerprint, live_dir=live_dir,
+                      cadence=Cadence(log_every=config.log_every, validate_every=config.val_every,
+                                      image_every=config.sample_every, checkpoint_every=config.checkpoint_every))
     ema.to(device)                    # a resumed EMA state is loaded on the CPU
-    live = make_live(accelerator, live_dir, resume=start > 0)
+    live = run.live
     batches = iter(make_dataloader(data.train, batch_size=config.batch_size, accelerator=accelerator,
-                                   seed=config.seed, start_step=start, workers=config.workers))
+                                   seed=config.seed, start_step=run.start, workers=config.workers))
     plain_model = accelerator.unwrap_model(model)
-    throughput = Throughput()
-    samples_per_step = config.batch_size * config.gradient_accumulation * accelerator.num_processes
     evaluation = dict(vq_masked=vq_masked, device=device, autocast=accelerator.autocast)
     val_inputs = validation_inputs(data.validation, vq_masked, batch_size=config.batch_size, device=device,
                                    autocast=accelerator.autocast) \
@@ -345,43 +339,33 @@ def train_dit(clips: Sequence[ProcessedClip], config: DiTTrainingConfig, *, feat
         accelerator.wait_for_everyone()
         return metrics
 
-    running = torch.zeros((), device=device)
-    running_count = 0
-    with GracefulStop() as stop, progress_bar(accelerator, total=config.steps, initial=start, desc="dit") as bar:
-        for step in range(start + 1, config.steps + 1):
-            for micro_step in range(config.gradient_accumulation):
-                batch = _to_device(next(batches), device)
-                inputs = _conditions(batch, vq_masked, accelerator.autocast)
-                noise_rng = step_generator(config.seed, step, micro_step, accelerator.process_index, device)
-                with accelerator.accumulate(model), accelerator.autocast():
-                    loss = diffusion_loss(model, scheduler, **inputs, generator=noise_rng, snr_gamma=config.snr_gamma,
-                                          region_weight=_region_weight(batch, inputs, config))
-                    accelerator.backward(loss)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                running += loss.detach()
-                running_count += 1
-            ema.step(plain_model.parameters())
+    running = [torch.zeros((), device=device), 0]        # loss sum and micro-batches since the last log
 
-            rate = throughput.update(samples_per_step)
-            bar.update(1)
-            if step % config.log_every == 0 or step == config.steps:
-                mean_loss = float(accelerator.reduce(running / running_count, reduction="mean"))
-                running.zero_()
-                running_count = 0
-                bar.set_postfix(loss=f"{mean_loss:.4f}", samples_s=f"{rate:.1f}")
-                log_metrics(live, step, {"train/loss": mean_loss, "train/samples_per_s": rate})
-            if step != config.steps and (step % config.val_every == 0 or step % config.sample_every == 0):
-                validate(step, with_images=step % config.sample_every == 0)
-            saved = checkpointer.maybe_save(step)
-            if stop.should_stop(accelerator) and step != config.steps:
-                raise TrainingInterrupted(step, saved or checkpointer.save(step))
+    def train_step(step: int) -> None:
+        for micro_step in range(config.gradient_accumulation):
+            batch = _to_device(next(batches), device)
+            inputs = _conditions(batch, vq_masked, accelerator.autocast)
+            noise_rng = step_generator(config.seed, step, micro_step, accelerator.process_index, device)
+            with accelerator.accumulate(model), accelerator.autocast():
+                loss = diffusion_loss(model, scheduler, **inputs, generator=noise_rng, snr_gamma=config.snr_gamma,
+                                      region_weight=_region_weight(batch, inputs, config))
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            running[0] += loss.detach()
+            running[1] += 1
+        ema.step(plain_model.parameters())
 
+    def train_metrics(step: int, rate: float) -> dict[str, float]:
+        mean_loss = float(accelerator.reduce(running[0] / running[1], reduction="mean"))
+        running[0].zero_()
+        running[1] = 0
+        return {"train/loss": mean_loss, "train/samples_per_s": rate}
+
+    run.loop(step=train_step, train_metrics=train_metrics, validate=validate)
     final = validate(config.steps, with_images=True)
     save_dit(accelerator, output_dir, plain_model, ema, scheduler, data.split)
-    if live is not None:
-        live.end()
-    checkpointer.clear()
+    run.finish()
     return final
 
 

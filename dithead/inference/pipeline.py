@@ -4,7 +4,7 @@
 two entry points:
 
 - ``sample_clip(clip, features, audio_path, out)``: a preprocessed clip
-  (``dithead.store.ProcessedClip``) driven by per-frame audio features; what
+  (``dithead.data.store.ProcessedClip``) driven by per-frame audio features; what
   the ``sample`` stage runs for held-out clips and dubbing pairs;
 - ``pipe(video, audio, out)``: any video and audio file; preprocesses the
   video and computes the audio features on the fly, then ``sample_clip``
@@ -26,24 +26,24 @@ import functools
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
-from . import watermark as wm
-from .datasets import tensor_to_image
-from .dit_data import decode_latents, encode_latents
-from .encode import DEFAULT_CRF, VideoWriter
-from .face import nearest_valid, paste_back
-from .features import audio_windows
-from .mask import apply_mask, lower_face_mask
-from .sampling import driving_frame_order, make_scheduler, pick_reference_index, sample_lockstep
-from .store import CropStore, CropStoreWriter, ProcessedClip
-from .timing import PhaseTimer
-from .video import iter_frames
+from dithead.data.audio_features import audio_windows
+from dithead.data.face import nearest_valid, paste_back
+from dithead.data.mask import MaskSettings, apply_mask, lower_face_mask
+from dithead.data.store import CropStore, CropStoreWriter, ProcessedClip
+from dithead.data.video_reader import iter_frames
+from dithead.device import check_precision, default_device
+from dithead.inference import watermark as wm
+from dithead.inference.sampling import driving_frame_order, make_scheduler, pick_reference_index, sample_lockstep
+from dithead.inference.video_writer import DEFAULT_CRF, VideoWriter
+from dithead.models.latents import decode_latents, encode_latents, tensor_to_image
+from dithead.timing import PhaseTimer
 
 MODEL_NAME = "DiT-Head"
 
@@ -53,23 +53,42 @@ class ModelDirectoryError(FileNotFoundError):
 
 
 @dataclass
+class WatermarkSettings:
+    """The ``sample.watermark`` params: the provenance mark embedded in every generated frame."""
+
+    message: str = wm.DEFAULT_MESSAGE
+    strength: float = wm.DEFAULT_STRENGTH
+
+
+@dataclass
 class SampleSettings:
+    """The ``sample:`` params (same names and defaults as params.yaml), plus ``seed`` and ``dit.min_ref_distance``.
+
+    ``solver``, ``precision`` and ``weights`` say how ``DiTHeadPipeline.from_pretrained`` loads the
+    models; ``baselines`` and ``dubbing`` which videos the sample stage makes; the rest how each is sampled.
+    """
+
+    solver: str = "ddim"
     steps: int = 250
-    seed: int = 0
-    chunk_size: int = 16
     eta: float = 0.0
+    chunk_size: int = 16
+    precision: str = "auto"
     crf: int = DEFAULT_CRF
-    watermark_message: str = wm.DEFAULT_MESSAGE
-    watermark_strength: float = wm.DEFAULT_STRENGTH
-    min_reference_distance: int = 60
+    weights: str = "ema"
+    baselines: list[str] = field(default_factory=lambda: ["reference_copy"])
+    dubbing: list[dict] = field(default_factory=list)
+    watermark: WatermarkSettings = field(default_factory=WatermarkSettings)
+    seed: int = 0
+    min_ref_distance: int = 60
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 on GPUs that support it, else fp32."""
+    """``auto``: bf16 on GPUs that support it, else fp32; ``no``: fp32 (the vocabulary of ``dithead.device``)."""
+    check_precision(precision, "sample.precision")
     if precision == "auto":
         cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         return torch.bfloat16 if cuda_bf16 else torch.float32
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}[precision]
 
 
 class ClipConditions:
@@ -83,13 +102,12 @@ class ClipConditions:
     """
 
     def __init__(self, clip: ProcessedClip, order: np.ndarray, features: np.ndarray, vq_masked,
-                 mask_kernel_size: int, mask_sigma: float, device: torch.device, autocast, audio_window: int = 11,
-                 mask_cache_size: int = 32, mask_region: str = "jaw", timer: PhaseTimer | None = None):
+                 mask: MaskSettings, device: torch.device, autocast, audio_window: int = 11,
+                 mask_cache_size: int = 32, timer: PhaseTimer | None = None):
         self.clip, self.order, self.features = clip, order, features
         self.timer = timer or PhaseTimer()
         self.vq_masked, self.device, self.autocast = vq_masked, device, autocast
-        self.mask_kernel_size, self.mask_sigma, self.audio_window = mask_kernel_size, mask_sigma, audio_window
-        self.mask_region = mask_region
+        self.mask_settings, self.audio_window = mask, audio_window
         self.landmark_frame = nearest_valid(np.asarray(clip.valid))
         self._landmark_mask = functools.lru_cache(maxsize=mask_cache_size)(self._compute_mask)
 
@@ -103,7 +121,8 @@ class ClipConditions:
     def _compute_mask(self, landmark_frame: int) -> np.ndarray:
         size = int(self.clip.meta["size"])
         landmarks = np.asarray(self.clip.landmarks[landmark_frame])
-        mask = lower_face_mask(landmarks, (size, size), self.mask_kernel_size, self.mask_sigma, region=self.mask_region)
+        settings = self.mask_settings
+        mask = lower_face_mask(landmarks, (size, size), settings.kernel_size, settings.sigma, region=settings.region)
         mask.flags.writeable = False        # shared by every caller through the cache
         return mask
 
@@ -148,9 +167,7 @@ def source_frames(video: str | os.PathLike, order: np.ndarray, fps: float, work_
 class DiTHeadPipeline:
     """DiT + scheduler + VQGAN encoders/decoder, ready to dub videos."""
 
-    def __init__(self, dit, scheduler, vq_masked, vq_gt, *, mask_kernel_size: int = 31, mask_sigma: float = 8.0,
-                 mask_region: str = "jaw",
-                 fps: float = 25.0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+    def __init__(self, dit, scheduler, vq_masked, vq_gt, *, mask: MaskSettings | None = None, fps: float = 25.0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  audio_features: Callable[[np.ndarray, int], np.ndarray] | None = None,
                  model_name: str = MODEL_NAME):
         self.device = torch.device(device)
@@ -161,8 +178,8 @@ class DiTHeadPipeline:
         self.vq_masked = vq_masked.to(self.device).eval()
         self.vq_gt = vq_gt.to(self.device).eval()
         self.scheduler = scheduler
-        self.mask_kernel_size, self.mask_sigma, self.fps = mask_kernel_size, mask_sigma, fps
-        self.mask_region = mask_region
+        self.mask = mask or MaskSettings()       # as in training (max_shift: training only)
+        self.fps = fps
         self.audio_features = audio_features
         self.model_name = model_name
 
@@ -172,7 +189,7 @@ class DiTHeadPipeline:
         """Load ``<models_dir>/dit`` (``ema/`` or raw weights, ``scheduler/``), ``vqgan_masked`` and ``vqgan_gt``."""
         from diffusers import DDPMScheduler, VQModel
 
-        from .dit import DiTHead
+        from dithead.models.dit import DiTHead
 
         root = Path(models_dir)
         needed = {"dit": "train_dit", "vqgan_masked": "train_vqgan_masked", "vqgan_gt": "train_vqgan_gt"}
@@ -182,7 +199,7 @@ class DiTHeadPipeline:
                                           f"or pass --models DIR with dit/, vqgan_masked/ and vqgan_gt/)")
         if weights not in ("ema", "raw"):
             raise ValueError(f"weights must be 'ema' or 'raw', not {weights!r}")
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = torch.device(device or default_device())
         dit = DiTHead.from_pretrained(root / "dit" / "ema" if weights == "ema" else root / "dit")
         train_config = DDPMScheduler.load_config(root / "dit" / "scheduler") \
             if (root / "dit" / "scheduler").is_dir() else None
@@ -199,14 +216,14 @@ class DiTHeadPipeline:
     def reference_index(clip: ProcessedClip, target: int, settings: SampleSettings,
                         reference_frames: tuple[int, int] | None = None) -> int:
         """The first frame's reference (paper 3.4): a random frame with a face, at least
-        ``min_reference_distance`` from ``target``, taken from ``reference_frames`` ([start, stop)) if given."""
+        ``min_ref_distance`` from ``target``, taken from ``reference_frames`` ([start, stop)) if given."""
         valid = np.array(clip.valid, dtype=bool)
         if reference_frames is not None:
             inside = np.zeros_like(valid)
             inside[reference_frames[0]:reference_frames[1]] = True
             valid &= inside
         rng = np.random.default_rng(settings.seed)
-        return pick_reference_index(len(clip), target, rng, settings.min_reference_distance, valid)
+        return pick_reference_index(len(clip), target, rng, settings.min_ref_distance, valid)
 
     def _reference_latent(self, clip: ProcessedClip, index: int) -> torch.Tensor:
         image = torch.from_numpy(clip.crop(index)).permute(2, 0, 1)[None].to(self.device)
@@ -243,7 +260,7 @@ class DiTHeadPipeline:
         return {"clip": clip.name, "output": str(output), "frames": written, "video_frames": len(clip),
                 "start_frame": int(order[0]), "ping_pong": bool(order.max() - order.min() + 1 < len(order)),
                 "reference_frame": reference_index, "steps": settings.steps, "seconds": round(seconds, 2),
-                "frames_per_second": round(written / seconds, 3), "watermark": settings.watermark_message,
+                "frames_per_second": round(written / seconds, 3), "watermark": settings.watermark.message,
                 **timer.report(written)}
 
     def paste_reference(self, clip: ProcessedClip, n_frames: int, audio_path: str | os.PathLike,
@@ -271,9 +288,9 @@ class DiTHeadPipeline:
 
     def _conditions(self, clip: ProcessedClip, order: np.ndarray, features: np.ndarray,
                     settings: SampleSettings, timer: PhaseTimer | None = None) -> ClipConditions:
-        return ClipConditions(clip, order, features, self.vq_masked, self.mask_kernel_size, self.mask_sigma,
-                              self.device, self._autocast, getattr(self.dit.config, "audio_window", 11),
-                              mask_cache_size=2 * settings.chunk_size, mask_region=self.mask_region, timer=timer)
+        return ClipConditions(clip, order, features, self.vq_masked, self.mask, self.device, self._autocast,
+                              getattr(self.dit.config, "audio_window", 11), mask_cache_size=2 * settings.chunk_size,
+                              timer=timer)
 
     def _decoded_crops(self, chunks: Iterator[torch.Tensor], timer: PhaseTimer) -> Iterator[np.ndarray]:
         for latents in chunks:
@@ -290,10 +307,10 @@ class DiTHeadPipeline:
         """
         timer = timer or PhaseTimer()
         video_path = Path(video_path or clip.meta["source"]["video"])
-        bits = wm.message_bits(settings.watermark_message)
+        bits = wm.message_bits(settings.watermark.message)
         with timer.phase("encode"), tempfile.TemporaryDirectory() as work, \
                 VideoWriter(output, self.fps, crf=settings.crf, audio=audio_path,
-                            metadata=wm.provenance_tags(self.model_name, settings.watermark_message)) as writer:
+                            metadata=wm.provenance_tags(self.model_name, settings.watermark.message)) as writer:
             frames = timer.iterate("decode", source_frames(video_path, order, self.fps, Path(work)))
             written = 0
             for v, crop, frame in zip(order, crops, frames):
@@ -301,7 +318,7 @@ class DiTHeadPipeline:
                     with timer.phase("paste-back"):
                         frame = paste_back(frame, crop, np.asarray(clip.boxes[v]), mask(int(v)))
                 with timer.phase("watermark"):
-                    frame = wm.embed(frame, bits, settings.watermark_strength)
+                    frame = wm.embed(frame, bits, settings.watermark.strength)
                 writer.write(frame)
                 written += 1
         return written
@@ -309,12 +326,12 @@ class DiTHeadPipeline:
     def __call__(self, video: str | os.PathLike, audio: str | os.PathLike, output: str | os.PathLike,
                  settings: SampleSettings | None = None, preprocess_config=None, progress: bool = True) -> dict:
         """Dub any ``video`` with any ``audio`` file: preprocess, features, ``sample_clip``."""
-        from .audio import align_to_frames, load_audio
-        from .preprocess import PreprocessConfig, process_clip
+        from dithead.data.audio import align_to_frames, load_audio
+        from dithead.data.preprocess import PreprocessConfig, process_clip
 
         if self.audio_features is None:
             raise ValueError("this pipeline has no audio feature extractor: pass audio_features= "
-                             "(see dithead.generate.audio_feature_extractor)")
+                             "(see dithead.data.audio_features.audio_feature_extractor)")
         cfg = preprocess_config or PreprocessConfig(fps=self.fps, size=int(self.vq_gt.config.sample_size))
         timer = PhaseTimer()
         with timer.phase("audio features"):
@@ -329,17 +346,3 @@ class DiTHeadPipeline:
             return self.sample_clip(ProcessedClip(Path(work) / result.name), features, audio, output, settings,
                                     video_path=video, progress=progress, timer=timer)
 
-
-def audio_feature_extractor(encoder: str = "mel", fps: float = 25.0, sample_rate: int = 16000, n_mels: int = 80,
-                            model: str = "", output: str = "logits", layer: int = -1, chunk_seconds: float = 20.0,
-                            device: str = "cpu") -> Callable[[np.ndarray, int], np.ndarray]:
-    """``f(samples, n_frames) -> (n_frames, D)`` with the encoder the DiT was trained on (params ``audio_features``)."""
-    from .features import frame_features, load_wav2vec2
-
-    net = load_wav2vec2(model, device) if encoder == "wav2vec2" else None
-
-    def extract(samples: np.ndarray, n_frames: int) -> np.ndarray:
-        return frame_features(samples, sample_rate, n_frames, fps, encoder, n_mels=n_mels, net=net, output=output,
-                              layer=layer, chunk_seconds=chunk_seconds, device=device)
-
-    return extract

@@ -23,9 +23,9 @@ import cv2
 import numpy as np
 from scipy.special import expit
 
-from . import encode
-from .audio import write_wav
-from .fileio import atomic_path
+from dithead.data.audio import write_wav
+from dithead.fileio import atomic_path
+from dithead.inference import video_writer
 
 FPS = 30
 SAMPLE_RATE = 44100
@@ -131,12 +131,12 @@ def write_video(path: str | os.PathLike, frames, fps: float, audio: np.ndarray |
     from a file, so the samples go through a temporary float WAV (lossless).
     """
     if audio is None:
-        encode.write_video(path, frames, fps, preset=DEMO_PRESET)
+        video_writer.write_video(path, frames, fps, preset=DEMO_PRESET)
         return
     with tempfile.TemporaryDirectory() as work:
         wav = Path(work) / "audio.wav"
         write_wav(wav, np.asarray(audio, np.float32), sample_rate)
-        encode.write_video(path, frames, fps, preset=DEMO_PRESET, audio=wav)
+        video_writer.write_video(path, frames, fps, preset=DEMO_PRESET, audio=wav)
 
 
 def make_demo_data(out_dir: str | os.PathLike, seconds: float = 4.0) -> list[Path]:

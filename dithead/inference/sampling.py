@@ -10,7 +10,9 @@ batch (``sample_lockstep``): the reference batch is the latent batch shifted
 by one frame, with the last frame of the previous chunk (its latent at every
 step, kept from the chunk before) in front. ``sample_frame_by_frame`` is the
 literal one-frame-at-a-time order, kept as the reference implementation; both
-give the same frames to float precision.
+give the same frames to float precision. ``sample_independent`` denoises
+frames that each have their own clean reference (no link between them): the
+DiT's training previews, with the same schedulers and solver steps.
 
 Noise is drawn per frame from a generator seeded by (seed, frame index) and
 consumed in the same order in both implementations (initial latent, then one
@@ -20,8 +22,9 @@ depends on chunking or batch size.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Callable, ContextManager, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -192,6 +195,26 @@ def sample_lockstep(model, scheduler, conditions: FrameConditions, reference: to
             carried = last_frame_trajectory
             bar.update(stop - start)
             yield z
+
+
+@torch.no_grad()
+def sample_independent(model, scheduler, masked: torch.Tensor, reference: torch.Tensor, audio: torch.Tensor, *,
+                       steps: int, noise: torch.Tensor,
+                       autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> torch.Tensor:
+    """Denoise a batch of unrelated frames, each with its own clean ``reference`` latent; returns (n, C, h, w).
+
+    ``noise``: the initial latents (n, C, h, w) before scaling; ``autocast``: the
+    mixed-precision context the model runs in (training's ``accelerator.autocast``).
+    Deterministic solvers only (DDIM with eta 0, DPM-Solver++).
+    """
+    sched = _fresh_scheduler(scheduler, steps)
+    z = noise * sched.init_noise_sigma
+    for t in sched.timesteps:
+        with autocast():
+            eps = model(sample=sched.scale_model_input(z, t), masked=masked, reference=reference, audio=audio,
+                        timestep=torch.full((len(z),), int(t), device=z.device, dtype=torch.long)).sample
+        z = _step(sched, eps.to(z.dtype), t, z, [], 0.0, z.device)
+    return z
 
 
 def _step(sched, eps, t, z, generators, eta, device) -> torch.Tensor:

@@ -11,11 +11,18 @@ Two encoders:
 Both produce features at 50 Hz (20 ms hop, wav2vec2's rate), which are then
 averaged into video frames: frame k gets the rows whose centres fall in
 [k / fps, (k + 1) / fps).
+
+This module is the only place that knows the encoders: the
+extract_audio_features stage, the sample stage and ``dithead generate`` load
+one with ``load_encoder`` and run it through ``frame_features`` or
+``audio_feature_extractor``. A new encoder is a new name here.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -26,6 +33,42 @@ WAV2VEC2_FIELD = 400        # receptive field of the first output step
 
 class FeatureModelError(RuntimeError):
     """The configured audio model cannot be loaded; says which param to set."""
+
+
+@dataclass
+class AudioFeatureSettings:
+    """The ``audio_features:`` params (same names and defaults as params.yaml)."""
+
+    encoder: str = "wav2vec2"           # wav2vec2 (the paper) or mel (weight-free)
+    model: str = "jonatasgrosman/wav2vec2-large-xlsr-53-english"
+    output: str = "logits"              # wav2vec2: logits (CTC) or hidden (a hidden layer)
+    layer: int = -1                     # wav2vec2: the hidden layer when output is hidden
+    n_mels: int = 80                    # mel only
+    chunk_seconds: float = 20           # wav2vec2 runs on chunks this long
+
+
+def load_encoder(settings: AudioFeatureSettings, device: str = "cpu"):
+    """The network ``settings.encoder`` runs (``None`` for the weight-free ``mel``)."""
+    return load_wav2vec2(settings.model, device) if settings.encoder == "wav2vec2" else None
+
+
+def audio_feature_extractor(settings: AudioFeatureSettings, fps: float = 25.0, sample_rate: int = 16000,
+                            device: str = "cpu") -> Callable[[np.ndarray, int], np.ndarray]:
+    """``f(samples, n_frames) -> (n_frames, D)`` with the encoder the DiT was trained on (params ``audio_features``)."""
+    net = load_encoder(settings, device)
+
+    def extract(samples: np.ndarray, n_frames: int) -> np.ndarray:
+        return settings_features(samples, sample_rate, n_frames, fps, settings, net=net, device=device)
+
+    return extract
+
+
+def settings_features(samples: np.ndarray, sample_rate: int, n_frames: int, fps: float,
+                      settings: AudioFeatureSettings, net=None, device: str = "cpu") -> np.ndarray:
+    """``frame_features`` with the encoder and options of ``settings`` (``net`` from ``load_encoder``)."""
+    return frame_features(samples, sample_rate, n_frames, fps, settings.encoder, n_mels=settings.n_mels, net=net,
+                          output=settings.output, layer=settings.layer, chunk_seconds=settings.chunk_seconds,
+                          device=device)
 
 
 def audio_windows(features: np.ndarray, indices, size: int = 11) -> np.ndarray:

@@ -23,8 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dithead.metrics.weights import (MissingWeightsError, StateSource, describe_source, load_into,
-                                     load_state_dict)
+from dithead.metrics.weights import MissingWeightsError, StateSource, describe_source, load_into, load_state_dict
 
 __all__ = ["LPIPS", "AlexNetFeatures", "MissingWeightsError", "BACKBONE_KEY", "LINEAR_KEY"]
 

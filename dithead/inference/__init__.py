@@ -1,0 +1,1 @@
+"""Inference: sampling, the DiTHeadPipeline, interpolation, watermark, the video writer."""

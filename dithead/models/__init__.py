@@ -1,0 +1,1 @@
+"""Networks: the VQGAN autoencoder builder, the DiT denoiser, LPIPS, pixel/latent conversions."""
