@@ -100,12 +100,14 @@ def cmd_generate(args) -> int:
     with atomic_path(out) as tmp:
         report = pipe(args.video, args.audio, tmp, settings, preprocess)
         if args.interpolate:
-            from dithead.inference.interpolation import interpolate_video
+            from dithead.inference.interpolation import InterpolateSettings, interpolate_video
             from dithead.inference.watermark import marker
+            from dithead.metrics.weights import WeightPaths
 
             doubled = tmp.with_name(tmp.stem + ".50fps" + tmp.suffix)
-            interpolation = interpolate_video(tmp, doubled, params["interpolate"]["method"],
-                                              params["weights"].get("rife") or None, device=device, crf=settings.crf,
+            method = section_config(InterpolateSettings, params["interpolate"], "interpolate").method
+            rife = section_config(WeightPaths, params.get("weights"), "weights").rife
+            interpolation = interpolate_video(tmp, doubled, method, rife or None, device=device, crf=settings.crf,
                                               mark=marker(settings.watermark.message, settings.watermark.strength))
             doubled.replace(tmp)
     factor = 2 if args.interpolate else 1

@@ -21,6 +21,7 @@ import numpy as np
 from dithead.device import default_device
 from dithead.fileio import atomic_path, write_json
 from dithead.metrics.evaluation import EvalConfig, EvaluationError, evaluate_samples
+from dithead.metrics.weights import WeightPaths
 from dithead.params import load_params, section_config
 from dithead.stage import StageError, StagePaths, clear_errors
 
@@ -44,7 +45,8 @@ def main() -> int:
         with atomic_path(paths.evaluation) as out:
             out.mkdir(parents=True)
             side_by_side = (first, out / f"{first}_side_by_side.mp4") if first else None
-            evaluation = evaluate_samples(paths.samples, params["data"]["raw_dir"], params.get("weights") or {},
+            evaluation = evaluate_samples(paths.samples, params["data"]["raw_dir"],
+                                          section_config(WeightPaths, params.get("weights"), "weights"),
                                           settings, side_by_side)
             summary = evaluation.metrics_json()
             # Explanations go to the report and the log; the metrics file stays numeric (`dvc metrics show`).

@@ -14,8 +14,9 @@ from dithead.data.video_reader import VideoError
 from dithead.device import default_device
 from dithead.fileio import atomic_path, write_json
 from dithead.inference import watermark
-from dithead.inference.interpolation import WeightsError, interpolate_video, make_interpolator
+from dithead.inference.interpolation import InterpolateSettings, WeightsError, interpolate_video, make_interpolator
 from dithead.inference.video_writer import EncodeError
+from dithead.metrics.weights import WeightPaths
 from dithead.params import load_params, section_config
 from dithead.stage import StageError, StagePaths, clear_errors
 
@@ -24,25 +25,26 @@ STAGE = "interpolate"
 
 def main() -> int:
     params = load_params()
-    p, mark_params = params["interpolate"], params["sample"]["watermark"]
+    mark_params = params["sample"]["watermark"]
     # Every in-between frame gets the mark the sampled frames carry (theirs is kept through the re-encode).
     mark = watermark.marker(mark_params["message"], mark_params["strength"])
     # weights missing or wrong, an unknown interpolate.method; an unreadable sample, or its unreadable audio
     with clear_errors(STAGE, WeightsError, ValueError, VideoError, EncodeError):
         paths = section_config(StagePaths, params.get("paths"), "paths")
+        settings = section_config(InterpolateSettings, params["interpolate"], "interpolate")
+        weights = section_config(WeightPaths, params.get("weights"), "weights")
         videos = sorted(paths.samples.rglob("*.mp4"))
         if not videos:
             raise StageError(f"no videos in {paths.samples} (run the sample stage first)")
         # One interpolator for all videos: RIFE's weights are loaded once.
-        interpolator = make_interpolator(p["method"], (params.get("weights") or {}).get("rife") or None,
-                                         default_device())
+        interpolator = make_interpolator(settings.method, weights.rife or None, default_device())
         reports = {}
         with atomic_path(paths.interpolated) as out:
             out.mkdir(parents=True)
             for video in videos:
                 rel = video.relative_to(paths.samples)
                 (out / rel).parent.mkdir(parents=True, exist_ok=True)
-                report = interpolate_video(video, out / rel, crf=p["crf"], mark=mark, interpolator=interpolator)
+                report = interpolate_video(video, out / rel, crf=settings.crf, mark=mark, interpolator=interpolator)
                 reports[str(rel)] = asdict(report)
             write_json(out / "report.json", reports)
     methods = sorted({r["method"] for r in reports.values()})

@@ -36,12 +36,12 @@ def load_perceptual(params: dict, config: VQGANTrainingConfig):
     """The LPIPS network when the loss uses it; a missing weight file stops the stage before training."""
     if config.perceptual_weight <= 0:
         return None
-    from dithead.metrics.weights import MissingWeightsError, WeightsFormatError
+    from dithead.metrics.weights import MissingWeightsError, WeightPaths, WeightsFormatError
     from dithead.models.lpips import LPIPS
 
-    weights = params.get("weights") or {}
+    weights = section_config(WeightPaths, params.get("weights"), "weights")
     try:
-        return LPIPS(weights.get("lpips_backbone", ""), weights.get("lpips_linear", ""))
+        return LPIPS(weights.lpips_backbone, weights.lpips_linear)
     except (MissingWeightsError, WeightsFormatError) as error:
         raise StageError(f"vqgan.perceptual_weight is {config.perceptual_weight}, which needs LPIPS: "
                          f"{error} (or set vqgan.perceptual_weight: 0 to train without it)") from None

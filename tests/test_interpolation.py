@@ -108,7 +108,8 @@ def test_interpolated_video_doubles_fps_and_keeps_audio(tmp_path, rife_weights, 
         assert abs(float(audio.duration * audio.time_base) - 0.4) <= 1 / 50
         assert c.metadata["synthetic"] == "true" and c.metadata["interpolation"] == f"2x {method}"
     assert set(report.phase_seconds) == {"decode", "interpolation", "encode"}      # no mark given
-    assert report.non_model_frames_per_second == pytest.approx(20 / sum(report.phase_seconds.values()), rel=0.01)
+    seconds = sum(report.phase_seconds.values())            # each phase rounded to the millisecond
+    assert 20 / (seconds + 0.002) - 0.01 <= report.non_model_frames_per_second <= 20 / max(seconds - 0.002, 1e-3) + 0.01
 
 
 def test_a_given_interpolator_is_used_and_nothing_is_loaded(tmp_path):

@@ -78,8 +78,10 @@ def _config_classes():
     from dithead.data.audio_features import AudioFeatureSettings
     from dithead.data.mask import MaskSettings
     from dithead.data.preprocess import PreprocessConfig
+    from dithead.inference.interpolation import InterpolateSettings
     from dithead.inference.pipeline import SampleSettings
     from dithead.metrics.evaluation import EvalConfig
+    from dithead.metrics.weights import WeightPaths
     from dithead.stage import StagePaths
     from dithead.training.split import SplitSettings
     from dithead.training.train_dit import DiTTrainingConfig
@@ -88,7 +90,8 @@ def _config_classes():
     return [(StagePaths, "paths", {}), (MaskSettings, "mask", {}), (SplitSettings, "split", {}), (PreprocessConfig, "preprocess", {}),
             (VQGANTrainingConfig, "vqgan", {"masked": True}), (DiTTrainingConfig, "dit", {}),
             (SampleSettings, "sample", {}), (EvalConfig, "evaluate", {}),
-            (AudioFeatureSettings, "audio_features", {})]
+            (AudioFeatureSettings, "audio_features", {}), (InterpolateSettings, "interpolate", {}),
+            (WeightPaths, "weights", {})]
 
 
 def _plain(value):

@@ -246,6 +246,14 @@ def make_interpolator(method: str = "auto", weights_path: str | os.PathLike | No
     return FlowInterpolator()
 
 
+@dataclass(frozen=True)
+class InterpolateSettings:
+    """The ``interpolate:`` params."""
+
+    method: str = "auto"     # auto: RIFE when its weights are set, else optical flow; or rife / flow
+    crf: int = 18            # x264 quality of the 50 fps output
+
+
 @dataclass
 class InterpolationReport:
     method: str

@@ -55,7 +55,7 @@ from dithead.fileio import InputFileError
 from dithead.metrics import image as image_metrics
 from dithead.metrics.landmarks import frame_lmd
 from dithead.metrics.lipsync import LIPSYNC_METRICS, THEVAL, gt_normalised, lip_sync_metrics, why_missing
-from dithead.metrics.weights import MissingWeightsError, WeightsFormatError
+from dithead.metrics.weights import MissingWeightsError, WeightPaths, WeightsFormatError, weight_paths
 
 METRICS = ("psnr", "ssim", "lpips", "fid", "lse_c", "lse_d", "lmd", "mouth_psnr", "mouth_ssim")
 SYNC_METRICS = ("lse_c", "lse_d")
@@ -108,21 +108,21 @@ class Networks:
     missing: dict[str, str] = field(default_factory=dict)   # metric -> reason
 
     @classmethod
-    def load(cls, weights: Mapping[str, str], metrics: Sequence[str], device: str = "cpu") -> "Networks":
-        """``weights``: the ``weights:`` section of params.yaml (keys without the ``weights.`` prefix)."""
+    def load(cls, weights: WeightPaths | Mapping[str, str], metrics: Sequence[str], device: str = "cpu") -> "Networks":
+        """``weights``: the ``weights:`` params (``WeightPaths``, or the section as a mapping)."""
         from dithead.models.lpips import LPIPS
         from dithead.metrics.fid import load_fid_inception
         from dithead.metrics.syncnet import load_syncnet
 
+        weights = weight_paths(weights)
         nets = cls()
         if "lpips" in metrics:
-            nets.lpips = nets._try(("lpips",), lambda: LPIPS(weights.get("lpips_backbone"),
-                                                             weights.get("lpips_linear")))
+            nets.lpips = nets._try(("lpips",), lambda: LPIPS(weights.lpips_backbone, weights.lpips_linear))
         if "fid" in metrics:
-            nets.inception = nets._try(("fid",), lambda: load_fid_inception(weights.get("inception_fid")))
+            nets.inception = nets._try(("fid",), lambda: load_fid_inception(weights.inception_fid))
         sync = tuple(m for m in SYNC_METRICS if m in metrics)
         if sync:
-            nets.syncnet = nets._try(sync, lambda: load_syncnet(weights.get("syncnet")))
+            nets.syncnet = nets._try(sync, lambda: load_syncnet(weights.syncnet))
         for net in (nets.lpips, nets.inception, nets.syncnet):
             if net is not None:
                 net.to(device)
@@ -747,7 +747,7 @@ def sidecar_audio(video: Path) -> Path | None:
 
 
 def evaluate_samples(samples_dir: str | os.PathLike, raw_dir: str | os.PathLike,
-                     weights: Mapping[str, str] | None, config: EvalConfig,
+                     weights: WeightPaths | Mapping[str, str] | None, config: EvalConfig,
                      side_by_side: tuple[str, str | os.PathLike] | None = None) -> ClipsEvaluation:
     """Every ``samples_dir/*.mp4`` against its ground truth in ``raw_dir``, with the output's own audio.
 

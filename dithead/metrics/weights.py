@@ -11,10 +11,31 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class WeightPaths:
+    """The ``weights:`` params: local paths of the pretrained networks ("" = not available)."""
+
+    inception_fid: str = ""     # FID: pytorch-fid's Inception v3
+    syncnet: str = ""           # LSE-C / LSE-D: syncnet_python's syncnet_v2.model
+    lpips_backbone: str = ""    # LPIPS: torchvision's AlexNet
+    lpips_linear: str = ""      # LPIPS linear layers
+    rife: str = ""              # 2x interpolation: RIFE flownet.pkl
+
+
+def weight_paths(weights: "WeightPaths | Mapping[str, str] | None") -> WeightPaths:
+    """``weights`` as :class:`WeightPaths`; a mapping (the params section, or flags) is checked key by key."""
+    if isinstance(weights, WeightPaths):
+        return weights
+    from dithead.params import section_config
+
+    return section_config(WeightPaths, weights, "weights")
 
 
 class MissingWeightsError(FileNotFoundError):
