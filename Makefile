@@ -1,5 +1,5 @@
 # Entry points for a fresh machine (Python 3.11, pip; no GPU needed).
-#   make demo   set up .venv, write the bundled demo clips, apply the smoke profile, dvc repro
+#   make demo   set up .venv, write the bundled demo clips (24 s), apply the demo profile, dvc repro
 #   make test   run the test suite (what CI runs)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -19,8 +19,8 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/dithead demo-data --out data/raw
-	$(BIN)/dithead profile smoke
+	$(BIN)/dithead demo-data --out data/raw --seconds 24
+	$(BIN)/dithead profile demo
 	$(BIN)/dvc repro
 	$(BIN)/dvc metrics show
 
