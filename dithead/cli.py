@@ -108,6 +108,7 @@ def cmd_generate(args) -> int:
             method = section_config(InterpolateSettings, params["interpolate"], "interpolate").method
             rife = section_config(WeightPaths, params.get("weights"), "weights").rife
             interpolation = interpolate_video(tmp, doubled, method, rife or None, device=device, crf=settings.crf,
+                                              preset=settings.preset,
                                               mark=marker(settings.watermark.message, settings.watermark.strength))
             doubled.replace(tmp)
     factor = 2 if args.interpolate else 1

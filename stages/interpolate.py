@@ -44,7 +44,8 @@ def main() -> int:
             for video in videos:
                 rel = video.relative_to(paths.samples)
                 (out / rel).parent.mkdir(parents=True, exist_ok=True)
-                report = interpolate_video(video, out / rel, crf=settings.crf, mark=mark, interpolator=interpolator)
+                report = interpolate_video(video, out / rel, crf=settings.crf, preset=settings.preset, mark=mark,
+                                           interpolator=interpolator)
                 reports[str(rel)] = asdict(report)
             write_json(out / "report.json", reports)
     methods = sorted({r["method"] for r in reports.values()})

@@ -182,35 +182,49 @@ class FlowInterpolator:
 
     ``sigma``: pixels of forward/backward disagreement at which a warp's weight
     falls to 1/e (occlusions disagree by about the motion, small errors by < 1 px).
+    ``flow_side``: the flow and the blending weights are computed on frames
+    scaled down to this longest side, then scaled up; only the two warps and the
+    blend run at full resolution. Talking-head motion is smooth at that scale,
+    and at 1080p this makes a middle frame about five times cheaper.
     """
 
     name = "flow"
 
-    def __init__(self, preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, sigma: float = 2.0):
+    def __init__(self, preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, sigma: float = 2.0, flow_side: int = 640):
         self.dis = cv2.DISOpticalFlow_create(preset)
         self.sigma = sigma
+        self.flow_side = flow_side
 
     def middle(self, frame0: np.ndarray, frame1: np.ndarray, t: float = 0.5) -> np.ndarray:
-        g0, g1 = (cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in (frame0, frame1))
+        height, width = frame0.shape[:2]
+        scale = min(1.0, self.flow_side / max(height, width))
+        g0, g1 = (_scaled(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), scale) for f in (frame0, frame1))
         f01 = self.dis.calc(g0, g1, None)
         f10 = self.dis.calc(g1, g0, None)
         # Flow from the middle instant to each neighbour, assuming locally linear motion (Super SloMo, eq. 4).
         ft0 = -(1 - t) * t * f01 + t * t * f10
         ft1 = (1 - t) ** 2 * f01 - t * (1 - t) * f10
-        warped0 = _remap(frame0.astype(np.float32), ft0)
-        warped1 = _remap(frame1.astype(np.float32), ft1)
         # A good sample from frame 0 at x + ft0 must map, by f01, to where frame 1 is sampled (x + ft1);
-        # in an occlusion it lands elsewhere. Same from frame 1's side with f10.
+        # in an occlusion it lands elsewhere. Same from frame 1's side with f10. (In flow pixels.)
         err0 = np.linalg.norm(_remap(f01, ft0) - (ft1 - ft0), axis=2)
         err1 = np.linalg.norm(_remap(f10, ft1) - (ft0 - ft1), axis=2)
-        w0 = (1 - t) * np.exp(-(err0 / self.sigma) ** 2)
-        w1 = t * np.exp(-(err1 / self.sigma) ** 2)
+        w0 = (1 - t) * np.exp(-(err0 * scale ** -1 / self.sigma) ** 2)
+        w1 = t * np.exp(-(err1 * scale ** -1 / self.sigma) ** 2)
+        if scale < 1:
+            ft0, ft1 = (cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR) / scale for f in (ft0, ft1))
+            w0, w1 = (cv2.resize(w, (width, height), interpolation=cv2.INTER_LINEAR) for w in (w0, w1))
+        warped0 = _remap(frame0.astype(np.float32), ft0)
+        warped1 = _remap(frame1.astype(np.float32), ft1)
         total = w0 + w1
         blend = (w0[..., None] * warped0 + w1[..., None] * warped1) / np.maximum(total, 1e-6)[..., None]
         # Where neither warp is trusted, fall back to the plain time-weighted blend of both warps.
         fallback = (1 - t) * warped0 + t * warped1
         out = np.where((total > 1e-3)[..., None], blend, fallback)
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _scaled(image: np.ndarray, scale: float) -> np.ndarray:
+    return image if scale >= 1 else cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
 
 
 def _remap(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
@@ -252,6 +266,7 @@ class InterpolateSettings:
 
     method: str = "auto"     # auto: RIFE when its weights are set, else optical flow; or rife / flow
     crf: int = 18            # x264 quality of the 50 fps output
+    preset: str = "veryfast"  # x264 speed/size trade-off (see sample.preset)
 
 
 @dataclass
@@ -268,7 +283,7 @@ class InterpolationReport:
 
 def interpolate_video(input_path: str | os.PathLike, output_path: str | os.PathLike, method: str = "auto",
                       weights_path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
-                      crf: int | None = None, mark: Callable[[np.ndarray], np.ndarray] | None = None,
+                      crf: int | None = None, preset: str | None = None, mark: Callable[[np.ndarray], np.ndarray] | None = None,
                       metadata: dict[str, str] | None = None, progress: bool = True,
                       interpolator: RifeInterpolator | FlowInterpolator | None = None) -> InterpolationReport:
     """Write ``input_path`` at twice its frame rate to ``output_path``, with its audio.
@@ -282,7 +297,7 @@ def interpolate_video(input_path: str | os.PathLike, output_path: str | os.PathL
     """
     import av
 
-    from dithead.inference.video_writer import DEFAULT_CRF, VideoWriter
+    from dithead.inference.video_writer import DEFAULT_CRF, DEFAULT_PRESET, VideoWriter
     from dithead.data.video_reader import iter_source_frames, probe_video
 
     info = probe_video(input_path)
@@ -296,6 +311,7 @@ def interpolate_video(input_path: str | os.PathLike, output_path: str | os.PathL
     n_in = 0
     timer = PhaseTimer()
     with timer.phase("encode"), VideoWriter(output_path, fps=2 * info.fps, crf=DEFAULT_CRF if crf is None else crf,
+                                            preset=preset or DEFAULT_PRESET,
                                             audio=input_path if info.has_audio else None, metadata=tags) as writer:
         previous = None
         decoded = timer.iterate("decode", iter_source_frames(input_path))

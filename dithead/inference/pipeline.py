@@ -41,7 +41,7 @@ from dithead.data.video_reader import iter_frames
 from dithead.device import check_precision, default_device
 from dithead.inference import watermark as wm
 from dithead.inference.sampling import driving_frame_order, make_scheduler, pick_reference_index, sample_lockstep
-from dithead.inference.video_writer import DEFAULT_CRF, VideoWriter
+from dithead.inference.video_writer import DEFAULT_CRF, DEFAULT_PRESET, VideoWriter
 from dithead.models.latents import decode_latents, encode_latents, tensor_to_image
 from dithead.timing import PhaseTimer
 
@@ -74,6 +74,7 @@ class SampleSettings:
     chunk_size: int = 16
     precision: str = "auto"
     crf: int = DEFAULT_CRF
+    preset: str = DEFAULT_PRESET
     weights: str = "ema"
     baselines: list[str] = field(default_factory=lambda: ["reference_copy"])
     dubbing: list[dict] = field(default_factory=list)
@@ -309,7 +310,7 @@ class DiTHeadPipeline:
         video_path = Path(video_path or clip.meta["source"]["video"])
         bits = wm.message_bits(settings.watermark.message)
         with timer.phase("encode"), tempfile.TemporaryDirectory() as work, \
-                VideoWriter(output, self.fps, crf=settings.crf, audio=audio_path,
+                VideoWriter(output, self.fps, crf=settings.crf, preset=settings.preset, audio=audio_path,
                             metadata=wm.provenance_tags(self.model_name, settings.watermark.message)) as writer:
             frames = timer.iterate("decode", source_frames(video_path, order, self.fps, Path(work)))
             written = 0

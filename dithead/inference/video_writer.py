@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 
 DEFAULT_CRF = 18            # visually near-lossless for faces; 23 is x264's own default
-DEFAULT_PRESET = "medium"
+DEFAULT_PRESET = "veryfast"    # at 1080p on 2 cores: 43 frames/s against medium's 19 (README, "Speed of generation")
 AUDIO_BITRATE = 128_000
 
 
