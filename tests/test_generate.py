@@ -275,7 +275,7 @@ def test_each_frame_gets_its_own_conditions_and_its_crop_lands_in_its_mask(proce
             written.append(frame.copy())
 
     monkeypatch.setattr(generate, "VideoWriter", FrameCollector)
-    monkeypatch.setattr(wm, "embed", lambda frame, bits, strength: frame)
+    monkeypatch.setattr(wm, "embed", lambda frame, **mark: frame)
     dit = RecordingDiT()
     pipe = DiTHeadPipeline(dit, make_scheduler("ddim", make_noise_scheduler().config), StandInVQ(), StandInVQ(),
                            mask=MaskSettings(kernel_size=9, sigma=2.0))
@@ -362,3 +362,29 @@ def test_generate_command_end_to_end(demo_raw, models, tmp_path, capsys):
                  "--models", str(models), "--params", str(params)]) == 1
     assert str(missing) in capsys.readouterr().err
     assert not failed_out.exists() and list(tmp_path.glob("failed*")) == []
+
+
+def test_in_order_yields_results_in_order_with_a_bounded_lead():
+    """Watermarking runs in worker threads: results must come back in frame order, and the source must not
+    be read more than ``ahead`` frames beyond what has been handed on (memory stays flat)."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dithead.inference.pipeline import in_order
+
+    pulled = []
+
+    def source():
+        for i in range(20):
+            pulled.append(i)
+            yield i
+
+    def uneven(i):
+        time.sleep(0.002 * (i % 3))          # later items sometimes finish first
+        return 10 * i
+
+    with ThreadPoolExecutor(2) as pool:
+        results = in_order(pool, uneven, source(), ahead=3)
+        first = next(results)
+        assert first == 0 and len(pulled) == 4          # the first item and 3 ahead
+        assert [first, *results] == [10 * i for i in range(20)]

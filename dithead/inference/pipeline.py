@@ -26,9 +26,11 @@ import functools
 import os
 import tempfile
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -136,6 +138,22 @@ class ClipConditions:
             latents = encode_latents(self.vq_masked, images).float()
         audio = audio_windows(self.features, np.arange(start, stop), self.audio_window)
         return latents, torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(self.device)
+
+
+# Frames watermarked at once in worker threads (numpy and OpenCV release the GIL), while the main thread
+# decodes, pastes and hands marked frames to x264 (which has threads of its own).
+WATERMARK_THREADS = 2
+
+
+def in_order(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, ahead: int) -> Iterator:
+    """``fn(item)`` for each item, computed in ``pool`` up to ``ahead`` items in advance, yielded in order."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) > ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def source_frames(video: str | os.PathLike, order: np.ndarray, fps: float, work_dir: Path) -> Iterator[np.ndarray]:
@@ -308,21 +326,27 @@ class DiTHeadPipeline:
         """
         timer = timer or PhaseTimer()
         video_path = Path(video_path or clip.meta["source"]["video"])
-        bits = wm.message_bits(settings.watermark.message)
+        mark = wm.marker(settings.watermark.message, settings.watermark.strength)
         with timer.phase("encode"), tempfile.TemporaryDirectory() as work, \
                 VideoWriter(output, self.fps, crf=settings.crf, preset=settings.preset, audio=audio_path,
-                            metadata=wm.provenance_tags(self.model_name, settings.watermark.message)) as writer:
+                            metadata=wm.provenance_tags(self.model_name, settings.watermark.message)) as writer, \
+                ThreadPoolExecutor(WATERMARK_THREADS) as pool:
             frames = timer.iterate("decode", source_frames(video_path, order, self.fps, Path(work)))
+            pasted = (self._pasted(clip, int(v), crop, frame, mask, timer) for v, crop, frame in zip(order, crops, frames))
             written = 0
-            for v, crop, frame in zip(order, crops, frames):
-                if clip.valid[v]:
-                    with timer.phase("paste-back"):
-                        frame = paste_back(frame, crop, np.asarray(clip.boxes[v]), mask(int(v)))
-                with timer.phase("watermark"):
-                    frame = wm.embed(frame, bits, settings.watermark.strength)
+            for frame in timer.iterate("watermark", in_order(pool, mark, pasted, ahead=2 * WATERMARK_THREADS)):
                 writer.write(frame)
                 written += 1
         return written
+
+    @staticmethod
+    def _pasted(clip: ProcessedClip, v: int, crop: np.ndarray, frame: np.ndarray, mask: Callable[[int], np.ndarray],
+                timer: PhaseTimer) -> np.ndarray:
+        """``frame`` with ``crop`` pasted in its face box and mask; a frame without a face as it is."""
+        if not clip.valid[v]:
+            return frame
+        with timer.phase("paste-back"):
+            return paste_back(frame, crop, np.asarray(clip.boxes[v]), mask(v))
 
     def __call__(self, video: str | os.PathLike, audio: str | os.PathLike, output: str | os.PathLike,
                  settings: SampleSettings | None = None, preprocess_config=None, progress: bool = True) -> dict:
