@@ -121,7 +121,8 @@ def test_gpus_default_to_all_and_can_be_chosen(tmp_path):
 def test_podman_gets_cdi_gpus_and_keeps_the_callers_uid(tmp_path):
     args = docker_args(tmp_path, docker_version="podman version 4.3.1")    # a docker -> podman shim
     assert "--gpus" not in args and args[args.index("--device") + 1] == "nvidia.com/gpu=all"
-    assert "--userns=keep-id" in args and "--user" not in args
+    # Rootless podman (a non-root caller) keeps the caller's uid; rootful podman (root) refuses keep-id.
+    assert ("--userns=keep-id" in args) == (os.getuid() != 0) and "--user" not in args
     assert docker_args(tmp_path, DITHEAD_ENGINE="podman", DITHEAD_GPUS="none").count("--device") == 0
 
 
