@@ -4,8 +4,10 @@ Run in a project folder after `dvc repro` (a time split: the held-out end of a c
 
     python bench/steps_quality.py --clip cnn_anchor
     python bench/steps_quality.py --clip cnn_anchor --configs ddim:250 ddim:50 ddim:25 dpmsolver++:20 dpmsolver++:10
+    python bench/steps_quality.py --clip cnn_anchor --configs ddim:25:1 ddim:25:2 ddim:25:3   # audio guidance
 
-For each ``solver:steps`` it samples the clip's held-out frames (or the first
+For each ``solver:steps[:audio_guidance]`` (guidance: sample.audio_guidance unless given)
+it samples the clip's held-out frames (or the first
 ``--frames`` of them) with the trained models and the project's params, driven
 by their own audio, times the sampling on this machine, and scores the video
 against the source with the evaluation of the `evaluate` stage. Prints a
@@ -30,7 +32,7 @@ from dithead.inference.pipeline import DiTHeadPipeline, SampleSettings
 from dithead.metrics.evaluation import EvalConfig, Evaluator
 from dithead.params import load_params, section_config
 
-COLUMNS = ("mouth_open_r", "av_offset", "mouth_open_std_ratio", "mouth_psnr", "lmd", "psnr")
+COLUMNS = ("audio_guidance", "mouth_open_r", "av_offset", "mouth_open_std_ratio", "mouth_psnr", "lmd", "psnr")
 
 
 def parse_args() -> argparse.Namespace:
@@ -49,16 +51,17 @@ def held_out_audio(clip: ProcessedClip, start: int, stop: int, fps: float, path:
     return np.load(Path("data/features") / f"{clip.name}.npy")[start:stop]
 
 
-def run_config(solver: str, steps: int, params: dict, clip: ProcessedClip, frames: tuple[int, int],
+def run_config(solver: str, steps: int, guidance: float, params: dict, clip: ProcessedClip, frames: tuple[int, int],
                reference: tuple[int, int], work: Path) -> dict:
     fps = params["data"]["fps"]
     features = held_out_audio(clip, *frames, fps, work / "audio.wav")
     pipe = DiTHeadPipeline.from_pretrained("models", weights=params["sample"]["weights"], solver=solver,
                                            precision=params["sample"]["precision"], fps=fps,
                                            mask=section_config(MaskSettings, params["mask"], "mask"))
-    settings = SampleSettings(steps=steps, seed=params["seed"], chunk_size=params["sample"]["chunk_size"],
+    settings = SampleSettings(steps=steps, audio_guidance=guidance, seed=params["seed"],
+                              chunk_size=params["sample"]["chunk_size"],
                               min_ref_distance=params["dit"]["min_ref_distance"])
-    video = work / f"{solver}_{steps}.mp4"
+    video = work / f"{solver}_{steps}_{guidance:g}.mp4"
     start = time.perf_counter()
     report = pipe.sample_clip(clip, features, work / "audio.wav", video, settings, frames=frames,
                               reference_frames=reference, progress=False)
@@ -69,7 +72,8 @@ def run_config(solver: str, steps: int, params: dict, clip: ProcessedClip, frame
     source = Path(clip.meta["source"]["video"])
     metrics = Evaluator({}, config).evaluate(video, source, gt_start=frames[0]).report["metrics"]
     return {"solver": solver, "steps": steps, "frames": report["frames"], "seconds": round(seconds, 1),
-            "frames_per_second": round(report["frames"] / seconds, 2), **{k: metrics.get(k) for k in COLUMNS}}
+            "frames_per_second": round(report["frames"] / seconds, 2), **{k: metrics.get(k) for k in COLUMNS},
+            "audio_guidance": guidance}
 
 
 def table(rows: list[dict]) -> str:
@@ -95,8 +99,9 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as work:
         for config in args.configs:
-            solver, steps = config.split(":")
-            rows.append(run_config(solver, int(steps), params, clip, (start, stop), reference, Path(work)))
+            solver, steps, *guidance = config.split(":")
+            guidance = float(guidance[0]) if guidance else params["sample"].get("audio_guidance", 1.0)
+            rows.append(run_config(solver, int(steps), guidance, params, clip, (start, stop), reference, Path(work)))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
     text = table(rows)
     print(text)

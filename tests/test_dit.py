@@ -243,27 +243,35 @@ def test_bf16_forward_matches_fp32():
 
 
 @pytest.mark.parametrize("adaln", [False, True])
-def test_learns_a_fixed_batch(adaln):
-    """A few hundred steps on one batch bring the diffusion loss (same noise, same steps) well down."""
+@pytest.mark.parametrize("condition", ["masked", "reference", "audio"])
+def test_learns_a_fixed_batch_through_each_condition(adaln, condition):
+    """A few hundred steps on one batch bring the diffusion loss (same noise, same steps) well down, using
+    ``condition``: the other two are the same for every item, so only it tells the items apart."""
     torch.manual_seed(0)
-    model = DiTHead(**dit_config("DiT-S/2", **TINY, sample_size=8, adaln=adaln))
+    model = DiTHead(**dit_config("DiT-S/2", **TINY, sample_size=8, adaln=adaln, audio_adaln=adaln))
     scheduler = make_noise_scheduler()
     x = inputs(batch=4)
     batch = dict(latents=x["sample"], masked=x["masked"], reference=x["reference"], audio=x["audio"])
+    for other in {"masked", "reference", "audio"} - {condition}:
+        batch[other] = batch[other][:1].expand_as(batch[other]).clone()
     g = torch.Generator().manual_seed(3)
-    probe = dict(noise=torch.randn(4, 3, 8, 8, generator=g), timesteps=torch.tensor([50, 300, 600, 900]))
+    probe = dict(noise=torch.randn(4, 3, 8, 8, generator=g), timesteps=torch.tensor([200, 300, 400, 500]))
     with torch.no_grad():
         before = diffusion_loss(model, scheduler, **batch, **probe).item()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    for _ in range(150):
+    for _ in range(400):
         loss = diffusion_loss(model, scheduler, **batch, generator=g)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     with torch.no_grad():
         after = diffusion_loss(model, scheduler, **batch, **probe).item()
+        # Given another item's condition, the model denoises towards the wrong latent; a model that only
+        # learned to predict noise from the noisy latent would not care.
+        swapped = diffusion_loss(model, scheduler, **{**batch, condition: batch[condition].roll(1, 0)}, **probe).item()
     assert before == pytest.approx(1.0, abs=0.3)       # zero prediction of unit noise
     assert after < 0.5 * before
+    assert swapped > 1.5 * after, (after, swapped)
 
 
 def test_noise_scheduler_is_adm_linear():
@@ -541,7 +549,11 @@ def test_stage_saves_raw_and_ema_weights_schedule_split_and_logs(reference_run):
     out = reference_run / "models" / "dit"
     raw, ema = DiTHead.from_pretrained(out), DiTHead.from_pretrained(out / "ema")
     assert raw.config.sample_size == 16 and raw.config.audio_dim == 32 and raw.config.depth == 2
-    assert any(not torch.equal(a, b) for a, b in zip(raw.parameters(), ema.parameters()))
+    # The output projection starts at exactly zero, so its trained value shows whether the EMA followed
+    # the training: an average of recent weights lies close to the last ones, but is not a copy of them.
+    trained, averaged = raw.proj_out.weight.detach(), ema.proj_out.weight.detach()
+    assert trained.norm() > 0 and not torch.equal(averaged, trained)
+    assert (averaged - trained).norm() < 0.5 * trained.norm()
     assert json.loads((out / "scheduler" / "scheduler_config.json").read_text())["num_train_timesteps"] == 1000
     split = json.loads((out / "split.json").read_text())
     assert len(split["validation"]) == 1 and len(split["train"]) == 1

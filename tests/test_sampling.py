@@ -9,7 +9,7 @@ import torch
 
 from dithead.inference.sampling import (TensorConditions, driving_frame_order, frame_generator, make_scheduler,
                                         pick_reference_index, sample_frame_by_frame, sample_independent,
-                                        sample_lockstep)
+                                        sample_lockstep, with_audio_guidance)
 
 C, CM, H, W, D = 3, 3, 8, 8, 6
 
@@ -166,3 +166,47 @@ def test_independent_frames_are_the_first_frame_of_evolving_inference_and_plain_
                         timestep=torch.full((1,), int(t))).sample
             z = ddim.step(eps, t, z).prev_sample
     torch.testing.assert_close(independent, z, rtol=0, atol=0)
+
+
+class MeanAudioStandIn(StandInDiT):
+    """The stand-in with the DiT's ``audio_mean`` buffer (the training clips' mean feature row)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("audio_mean", torch.linspace(-1, 1, D))
+
+
+def test_audio_guidance_scales_the_audio_effect_from_the_mean_audio():
+    torch.manual_seed(0)
+    model = MeanAudioStandIn().eval()
+    n = 3
+    x = dict(sample=torch.randn(n, C, H, W), masked=torch.randn(n, CM, H, W), reference=torch.randn(n, C, H, W),
+             timestep=torch.tensor([10, 500, 900]))
+    audio = torch.randn(n, 11, D)
+    mean_audio = model.audio_mean.expand(n, 11, D)
+    with torch.no_grad():
+        with_audio = model(audio=audio, **x).sample
+        without = model(audio=mean_audio, **x).sample
+        for scale in (0.0, 2.0, 3.5):
+            guided = with_audio_guidance(model, scale)(audio=audio, **x).sample
+            torch.testing.assert_close(guided, without + scale * (with_audio - without))
+        # Where the audio is the mean one, guidance changes nothing.
+        torch.testing.assert_close(with_audio_guidance(model, 3.0)(audio=mean_audio, **x).sample, without)
+    assert with_audio_guidance(model, 1.0) is model               # no guidance costs no second pass
+    with pytest.raises(ValueError, match=r"sample\.audio_guidance must be >= 0"):
+        with_audio_guidance(model, -1.0)
+
+
+def test_guided_sampling_changes_the_frames_only_through_the_audio(setup):
+    """A guided model samples like any other (same order, same noise); with the mean audio it equals the plain one."""
+    _, conditions, reference = setup
+    torch.manual_seed(0)
+    model = MeanAudioStandIn().eval()
+    scheduler = make_scheduler("ddim")
+    common = dict(scheduler=scheduler, steps=4, seed=0, chunk_size=3)
+    plain = run(sample_lockstep, model, conditions, reference, **common)
+    guided = run(sample_lockstep, with_audio_guidance(model, 3.0), conditions, reference, **common)
+    assert (guided - plain).abs().max() > 1e-2
+    average = TensorConditions(conditions.masked, model.audio_mean.expand_as(conditions.audio).clone())
+    torch.testing.assert_close(run(sample_lockstep, with_audio_guidance(model, 3.0), average, reference, **common),
+                               run(sample_lockstep, model, average, reference, **common))

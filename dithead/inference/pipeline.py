@@ -42,7 +42,8 @@ from dithead.data.store import CropStore, CropStoreWriter, ProcessedClip
 from dithead.data.video_reader import iter_frames
 from dithead.device import check_precision, default_device
 from dithead.inference import watermark as wm
-from dithead.inference.sampling import driving_frame_order, make_scheduler, pick_reference_index, sample_lockstep
+from dithead.inference.sampling import (driving_frame_order, make_scheduler, pick_reference_index, sample_lockstep,
+                                       with_audio_guidance)
 from dithead.inference.video_writer import DEFAULT_CRF, DEFAULT_PRESET, VideoWriter
 from dithead.models.latents import decode_latents, encode_latents, tensor_to_image
 from dithead.timing import PhaseTimer
@@ -73,6 +74,7 @@ class SampleSettings:
     solver: str = "ddim"
     steps: int = 250
     eta: float = 0.0
+    audio_guidance: float = 1.0
     chunk_size: int = 16
     precision: str = "auto"
     crf: int = DEFAULT_CRF
@@ -269,7 +271,8 @@ class DiTHeadPipeline:
         reference_index = self.reference_index(clip, int(order[0]), settings, reference_frames)
         reference = self._reference_latent(clip, reference_index)
         start = time.perf_counter()
-        chunks = sample_lockstep(self.dit, self.scheduler, conditions, reference, steps=settings.steps,
+        model = with_audio_guidance(self.dit, settings.audio_guidance)
+        chunks = sample_lockstep(model, self.scheduler, conditions, reference, steps=settings.steps,
                                  seed=settings.seed, chunk_size=settings.chunk_size, eta=settings.eta,
                                  device=self.device, progress=progress, desc=f"sampling {clip.name}")
         crops = self._decoded_crops(timer.iterate("model", chunks), timer)
@@ -278,7 +281,8 @@ class DiTHeadPipeline:
         seconds = time.perf_counter() - start
         return {"clip": clip.name, "output": str(output), "frames": written, "video_frames": len(clip),
                 "start_frame": int(order[0]), "ping_pong": bool(order.max() - order.min() + 1 < len(order)),
-                "reference_frame": reference_index, "steps": settings.steps, "seconds": round(seconds, 2),
+                "reference_frame": reference_index, "steps": settings.steps,
+                "audio_guidance": settings.audio_guidance, "seconds": round(seconds, 2),
                 "frames_per_second": round(written / seconds, 3), "watermark": settings.watermark.message,
                 **timer.report(written)}
 
