@@ -12,10 +12,11 @@ setup: $(VENV)/.installed
 
 # torch comes from requirements.txt as the CPU build (torch==2.13.0); on a GPU
 # machine install your CUDA torch into the venv first (README, "GPU install").
-$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-reference.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -r requirements-dev.txt
 	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip install -q --no-deps --upgrade --target $(VENV)/reference -r requirements-reference.txt
 	touch $@
 
 demo: setup

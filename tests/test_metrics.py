@@ -228,6 +228,33 @@ def test_fid_inception_loads_the_checkpoint_format_and_gives_pool_features(weigh
         fid.load_fid_inception("")
 
 
+def test_fid_inception_features_equal_pytorch_fids(tmp_path):
+    """The same checkpoint through pytorch-fid's InceptionV3 (its resize and scaling included) gives the same
+    features. A random checkpoint is enough to tell the blocks apart: averaging with the padded zeros, as
+    torchvision's blocks do, moves features by ~0.08 where this allows 1e-4."""
+    import os
+    import subprocess
+    import sys
+
+    reference = REPO / ".venv" / "reference"
+    if not (reference / "pytorch_fid").is_dir():
+        message = f"{reference} has no pytorch-fid (make setup installs requirements-reference.txt there)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    torch.save(fid.random_checkpoint(0), tmp_path / "inception.pth")
+    images = np.random.default_rng(6).integers(0, 256, (3, 64, 80, 3), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    env = {**os.environ, "PYTHONPATH": str(reference), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(REPO / "tests" / "reference" / "pytorch_fid_features.py"),
+                    str(tmp_path / "inception.pth"), str(tmp_path / "images.npy"), str(tmp_path / "expected.npy")],
+                   env=env, check=True, capture_output=True)
+    expected = np.load(tmp_path / "expected.npy")
+    ours = fid.inception_features(fid.load_fid_inception(tmp_path / "inception.pth"), images)
+    assert expected.shape == ours.shape == (3, fid.FEATURE_DIM)
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-4 * max(1.0, float(np.abs(expected).max())))
+
+
 # --------------------------------------------------------------------------- SyncNet, LSE-C / LSE-D
 
 
