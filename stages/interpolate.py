@@ -1,5 +1,9 @@
 """DVC stage `interpolate`: outputs/samples/**.mp4 (25 fps) -> outputs/interpolated/**.mp4 (50 fps).
 
+The videos people watch: the generated and dubbed ones. The baselines beside
+them (reference copy, mismatched audio, silence: `variant` in the sample
+report) are made to be scored at 25 fps and are not interpolated.
+
 RIFE when `weights.rife` is set (or `interpolate.method: rife`), else the
 weight-free optical-flow interpolator; the report says which one ran. New
 frames carry the provenance watermark like the sampled ones.
@@ -7,8 +11,10 @@ frames carry the provenance watermark like the sampled ones.
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 from dithead.data.video_reader import VideoError
 from dithead.device import default_device
@@ -21,6 +27,14 @@ from dithead.params import load_params, section_config
 from dithead.stage import StageError, StagePaths, clear_errors
 
 STAGE = "interpolate"
+WATCHED = ("generated", "dubbed")     # sample report variants worth a 50 fps version
+
+
+def watched_videos(samples: Path) -> list[Path]:
+    """The sampled videos of a WATCHED variant (all of them when the sample stage wrote no report)."""
+    report = samples / "report.json"
+    variants = {rel: r.get("variant") for rel, r in json.loads(report.read_text()).items()} if report.is_file() else {}
+    return [v for v in sorted(samples.rglob("*.mp4")) if variants.get(str(v.relative_to(samples)), WATCHED[0]) in WATCHED]
 
 
 def main() -> int:
@@ -33,7 +47,7 @@ def main() -> int:
         paths = section_config(StagePaths, params.get("paths"), "paths")
         settings = section_config(InterpolateSettings, params["interpolate"], "interpolate")
         weights = section_config(WeightPaths, params.get("weights"), "weights")
-        videos = sorted(paths.samples.rglob("*.mp4"))
+        videos = watched_videos(paths.samples)
         if not videos:
             raise StageError(f"no videos in {paths.samples} (run the sample stage first)")
         # One interpolator for all videos: RIFE's weights are loaded once.

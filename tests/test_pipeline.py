@@ -83,6 +83,9 @@ def test_sampled_and_interpolated_videos_play(smoke_project):
     held_out = split["validation"][0]
     samples = smoke_project / "outputs" / "samples"
     videos = [samples / f"{held_out}.mp4", samples / "dubbed" / "astronaut__astronaut_mirrored.mp4"]
+    interpolated_dir = smoke_project / "outputs" / "interpolated"
+    assert (samples / f"{held_out}__silence.mp4").is_file()            # baselines are made, not interpolated
+    assert sorted(interpolated_dir.rglob("*.mp4")) == sorted(interpolated_dir / v.relative_to(samples) for v in videos)
     for video in videos:
         facts = video_facts(video)
         assert facts["frames"] == 100 and facts["fps"] == 25
