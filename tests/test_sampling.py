@@ -178,11 +178,12 @@ class MeanAudioStandIn(StandInDiT):
 
 def test_audio_guidance_scales_the_audio_effect_from_the_mean_audio():
     torch.manual_seed(0)
-    model = MeanAudioStandIn().eval()
+    # float64: the guided pass runs a batch twice the size, whose float32 kernels round differently by CPU.
+    model = MeanAudioStandIn().double().eval()
     n = 3
-    x = dict(sample=torch.randn(n, C, H, W), masked=torch.randn(n, CM, H, W), reference=torch.randn(n, C, H, W),
-             timestep=torch.tensor([10, 500, 900]))
-    audio = torch.randn(n, 11, D)
+    x = dict(sample=torch.randn(n, C, H, W, dtype=torch.float64), masked=torch.randn(n, CM, H, W, dtype=torch.float64),
+             reference=torch.randn(n, C, H, W, dtype=torch.float64), timestep=torch.tensor([10, 500, 900]))
+    audio = torch.randn(n, 11, D, dtype=torch.float64)
     mean_audio = model.audio_mean.expand(n, 11, D)
     with torch.no_grad():
         with_audio = model(audio=audio, **x).sample
@@ -200,8 +201,10 @@ def test_audio_guidance_scales_the_audio_effect_from_the_mean_audio():
 def test_guided_sampling_changes_the_frames_only_through_the_audio(setup):
     """A guided model samples like any other (same order, same noise); with the mean audio it equals the plain one."""
     _, conditions, reference = setup
+    conditions = TensorConditions(conditions.masked.double(), conditions.audio.double())
+    reference = reference.double()
     torch.manual_seed(0)
-    model = MeanAudioStandIn().eval()
+    model = MeanAudioStandIn().double().eval()      # float64, as above
     scheduler = make_scheduler("ddim")
     common = dict(scheduler=scheduler, steps=4, seed=0, chunk_size=3)
     plain = run(sample_lockstep, model, conditions, reference, **common)
