@@ -28,7 +28,8 @@ from dithead.models.dit import (DIT_PRESETS, DiTHead, diffusion_loss, dit_config
                                 masked_region_weight)
 from dithead.models.latents import encode_latents
 from dithead.models.vqgan import build_vqmodel
-from dithead.training.dit_data import DiTDataset, LazyArrays, audio_feature_paths, precompute_latents, target_frames
+from dithead.training.dit_data import (DiTDataset, LazyArrays, audio_feature_paths, mirrored_name, precompute_latents,
+                                      target_frames)
 from dithead.training.split import split_by_identity
 from dithead.training.train_dit import DiTTrainingConfig, _fingerprint_config
 
@@ -194,6 +195,19 @@ def test_attention_is_pytorch_sdpa():
     model = tiny_model()
     assert {type(p) for p in model.attn_processors.values()} == {AttnProcessor2_0}
     assert len(model.attn_processors) == 2 * 2          # self- and cross-attention in each block
+
+
+def test_dropout_acts_in_training_only_and_is_saved(tmp_path):
+    model = tiny_model()
+    x = inputs()
+    plain = predict(model, **x)
+    torch.manual_seed(0)
+    with_dropout = DiTHead(**{**model.config, "dropout": 0.3})
+    with_dropout.load_state_dict(model.state_dict())
+    torch.testing.assert_close(predict(with_dropout.eval(), **x), plain)      # sampling: no dropout
+    assert not torch.allclose(predict(with_dropout.train(), **x), plain)      # training: units dropped
+    with_dropout.save_pretrained(tmp_path / "dit")
+    assert DiTHead.from_pretrained(tmp_path / "dit").config.dropout == 0.3
 
 
 def test_fresh_model_predicts_zero_noise():
@@ -418,6 +432,34 @@ def test_dataset_item_is_frame_reference_masked_frame_and_audio(demo_data):
     assert any(int(a["reference_frame"]) != int(dataset[i]["reference_frame"]) for i, a in enumerate(later_epoch))
 
 
+def test_mirrored_items_flip_target_reference_and_masked_frame_together(demo_data, tmp_path):
+    clips = demo_data.clips
+    paths = precompute_latents(demo_data.vq, clips, tmp_path, batch_size=16, mirrored=True)
+    clip = clips[0]
+    mirrored = np.load(paths[mirrored_name(clip.name)])
+    frames = np.flatnonzero(clip.valid)[[0, -1]]
+    flipped_crops = torch.from_numpy(clip.crops(frames)).permute(0, 3, 1, 2).flip(-1)
+    np.testing.assert_allclose(mirrored[frames].astype(np.float32), encode_latents(demo_data.vq, flipped_crops).numpy(),
+                               rtol=2e-3, atol=2e-3)                 # the mirrored face's latent, not a flipped latent
+    assert not np.allclose(mirrored[frames], np.load(paths[clip.name])[frames][..., ::-1], atol=1e-2)
+
+    rows = target_frames(clips, [clip.name])
+    settings = dict(mask=MaskSettings(kernel_size=9, sigma=2.0, max_shift=2), seed=3)
+    plain = DiTDataset(clips, rows, LazyArrays(paths), demo_data.features, **settings)
+    always = DiTDataset(clips, rows, LazyArrays(paths), demo_data.features, mirror_probability=1.0, **settings)
+    for index in (0, 41):
+        a, b = plain[index], always[index]
+        frame, reference = int(a["frame"]), int(a["reference_frame"])
+        assert (int(b["frame"]), int(b["reference_frame"])) == (frame, reference)    # same draws, then mirrored
+        np.testing.assert_array_equal(b["latent"].numpy(), mirrored[frame].astype(np.float32))
+        np.testing.assert_array_equal(b["reference"].numpy(), mirrored[reference].astype(np.float32))
+        assert torch.equal(b["masked"], a["masked"].flip(-1)) and torch.equal(b["mask"], a["mask"].flip(-1))
+        assert torch.equal(b["audio"], a["audio"])
+    half = DiTDataset(clips, rows, LazyArrays(paths), demo_data.features, mirror_probability=0.5, **settings)
+    flips = [not torch.equal(half[i]["masked"], plain[i]["masked"]) for i in range(40)]
+    assert 8 <= sum(flips) <= 32
+
+
 def test_loader_workers_give_the_batches_of_the_main_process(demo_data):
     """params default to 4 loader workers: clips (seen through a time split's frame range), crop stores and
     memory-mapped arrays must cross to worker processes and give the same batches as without workers."""
@@ -467,6 +509,8 @@ def test_audio_features_must_exist_and_match_the_clip(demo_data, tmp_path):
     ("ema_decay", 1.5, r"dit\.ema_decay must be in \[0, 1\]"),
     ("sample_steps", 2000, r"dit\.sample_steps \(2000\) must be <= dit\.diffusion_steps \(1000\)"),
     ("mixed_precision", "fp8", r"dit\.mixed_precision must be one of auto, bf16, fp16, no"),
+    ("dropout", 1.0, r"dit\.dropout must be in \[0, 1\), not 1\.0"),
+    ("mirror_probability", 1.5, r"dit\.mirror_probability must be in \[0, 1\], not 1\.5"),
 ])
 def test_training_config_names_the_bad_param(key, value, message):
     with pytest.raises(ValueError, match=message):

@@ -70,6 +70,7 @@ class DiTHead(ModelMixin, AttentionMixin, ConfigMixin):
         audio_window: audio frames per window (11: the frame and 5 either side).
         adaln: also modulate every block by the timestep (DiT/PixArt); False is the paper's form.
         audio_adaln: with ``adaln``, modulate by the timestep plus an embedding of the audio window.
+        dropout: dropout after every attention and in every feed-forward while training (0: the paper's, DiT's).
 
     Latents are VQGAN encoder outputs (before quantisation) times that
     VQModel's ``config.scaling_factor`` (see ``dithead.models.latents.encode_latents``).
@@ -92,6 +93,7 @@ class DiTHead(ModelMixin, AttentionMixin, ConfigMixin):
         audio_window: int = 11,
         adaln: bool = False,
         audio_adaln: bool = False,
+        dropout: float = 0.0,
     ):
         super().__init__()
         if hidden_size % num_heads:
@@ -100,6 +102,8 @@ class DiTHead(ModelMixin, AttentionMixin, ConfigMixin):
             raise ValueError(f"sample_size {sample_size} is not divisible by patch_size {patch_size}")
         if audio_adaln and not adaln:
             raise ValueError("audio_adaln needs adaln: the audio embedding joins the adaLN modulation")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), not {dropout}")
         self.gradient_checkpointing = False
 
         self.patch_embed = PatchEmbed(
@@ -120,6 +124,7 @@ class DiTHead(ModelMixin, AttentionMixin, ConfigMixin):
         self.blocks = nn.ModuleList([
             BasicTransformerBlock(
                 hidden_size, num_heads, hidden_size // num_heads,
+                dropout=dropout,
                 cross_attention_dim=hidden_size,
                 activation_fn="gelu-approximate",
                 attention_bias=True,

@@ -11,10 +11,11 @@ A training item is one frame k of a clip:
   new shift every time means a new latent every time,
 * the audio window of frame k (``dithead.data.audio_features.audio_windows``).
 
-Ground-truth and reference latents never change (no augmentation touches
-them), so they are encoded once by ``precompute_latents`` into a cache of
-memory-mapped arrays and read from there; ``bench/dit.py`` measures what that
-saves.
+Ground-truth and reference latents never change, so they are encoded once by
+``precompute_latents`` into a cache of memory-mapped arrays and read from
+there; ``bench/dit.py`` measures what that saves. The one augmentation that
+touches them, a left-right mirror of the whole item (``mirror_probability``),
+reads a second cache of the mirrored frames' latents.
 
 Clips are split by identity (``dithead.training.split``): every clip of a validation
 identity is left out of training. The identity is meta.json's ``identity``
@@ -98,51 +99,73 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def mirrored_name(clip_name: str) -> str:
+    """The key of a clip's left-right mirrored latents in ``precompute_latents``' result."""
+    return f"{clip_name}:mirrored"
+
+
 def precompute_latents(vq, clips: Sequence[ProcessedClip], cache_dir: str | os.PathLike, *, batch_size: int = 32,
-                       accelerator=None) -> dict[str, Path]:
+                       accelerator=None, mirrored: bool = False) -> dict[str, Path]:
     """Encode every frame with a face once; returns ``{clip: cache_dir/<clip>.npy}``.
 
     Each file is (N, C, h, w) float16, row k = frame k (zeros where no face).
-    A clip whose cache was made by the same weights from the same crops is not
-    encoded again. With an ``accelerate.Accelerator``, processes share the work
-    and encode under its mixed precision.
+    With ``mirrored``, every frame flipped left-right is encoded too, into
+    ``cache_dir/mirrored/<clip>.npy`` under the key ``mirrored_name(clip)``
+    (the encoder is not mirror-symmetric, so flipping a latent is not the
+    latent of the flipped face). A clip whose cache was made by the same
+    weights from the same crops is not encoded again. With an
+    ``accelerate.Accelerator``, processes share the work and encode under its
+    mixed precision.
     """
     cache_dir = Path(cache_dir)
     model_key = model_fingerprint(vq)
-    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-    is_main = rank == 0
-    device = next(vq.parameters()).device
     paths = {}
+    is_main = accelerator is None or accelerator.is_main_process
     for clip in tqdm(clips, desc="ground-truth latents", unit="clip", disable=not is_main):
-        path, key_path = cache_dir / f"{clip.name}.npy", cache_dir / f"{clip.name}.json"
-        key = {"model": model_key, "clip": clip.fingerprint()}
-        paths[clip.name] = path
-        if path.is_file() and key_path.is_file() and json.loads(key_path.read_text(encoding="utf-8")) == key:
-            continue
-        frames = np.flatnonzero(np.asarray(clip.valid))
-        if len(frames) == 0:
-            raise ValueError(f"clip '{clip.name}' has no frame with a face")
-        probe = encode_latents(vq, torch.from_numpy(clip.crops(frames[:1])).permute(0, 3, 1, 2).to(device))
-        tmp = cache_dir / f".{clip.name}.npy.tmp"
-        if is_main:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            np.lib.format.open_memmap(tmp, mode="w+", dtype=LATENT_DTYPE, shape=(len(clip), *probe.shape[1:])).flush()
-        _barrier(accelerator)
-        out = np.load(tmp, mmap_mode="r+")
-        for start in range(rank * batch_size, len(frames), world * batch_size):
-            rows = frames[start:start + batch_size]
-            images = torch.from_numpy(clip.crops(rows)).permute(0, 3, 1, 2).to(device)
-            with accelerator.autocast() if accelerator else contextlib.nullcontext():
-                out[rows] = encode_latents(vq, images).float().cpu().numpy().astype(LATENT_DTYPE)
-        out.flush()
-        del out
-        _barrier(accelerator)
-        if is_main:
-            os.replace(tmp, path)
-            with atomic_path(key_path) as key_tmp:
-                key_tmp.write_text(json.dumps(key), encoding="utf-8")
-        _barrier(accelerator)
+        paths[clip.name] = _cache_clip_latents(vq, clip, cache_dir, model_key, batch_size, accelerator)
+        if mirrored:
+            paths[mirrored_name(clip.name)] = _cache_clip_latents(vq, clip, cache_dir / "mirrored", model_key,
+                                                                  batch_size, accelerator, mirror=True)
     return paths
+
+
+def _cache_clip_latents(vq, clip: ProcessedClip, cache_dir: Path, model_key: str, batch_size: int, accelerator,
+                        mirror: bool = False) -> Path:
+    """``cache_dir/<clip>.npy``, encoded unless its key file says it is up to date."""
+    path, key_path = cache_dir / f"{clip.name}.npy", cache_dir / f"{clip.name}.json"
+    key = {"model": model_key, "clip": clip.fingerprint()}
+    if path.is_file() and key_path.is_file() and json.loads(key_path.read_text(encoding="utf-8")) == key:
+        return path
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    device = next(vq.parameters()).device
+    frames = np.flatnonzero(np.asarray(clip.valid))
+    if len(frames) == 0:
+        raise ValueError(f"clip '{clip.name}' has no frame with a face")
+
+    def images(rows: np.ndarray) -> torch.Tensor:
+        batch = torch.from_numpy(clip.crops(rows)).permute(0, 3, 1, 2).to(device)
+        return batch.flip(-1) if mirror else batch
+
+    probe = encode_latents(vq, images(frames[:1]))
+    tmp = cache_dir / f".{clip.name}.npy.tmp"
+    if rank == 0:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        np.lib.format.open_memmap(tmp, mode="w+", dtype=LATENT_DTYPE, shape=(len(clip), *probe.shape[1:])).flush()
+    _barrier(accelerator)
+    out = np.load(tmp, mmap_mode="r+")
+    for start in range(rank * batch_size, len(frames), world * batch_size):
+        rows = frames[start:start + batch_size]
+        with accelerator.autocast() if accelerator else contextlib.nullcontext():
+            out[rows] = encode_latents(vq, images(rows)).float().cpu().numpy().astype(LATENT_DTYPE)
+    out.flush()
+    del out
+    _barrier(accelerator)
+    if rank == 0:
+        os.replace(tmp, path)
+        with atomic_path(key_path) as key_tmp:
+            key_tmp.write_text(json.dumps(key), encoding="utf-8")
+    _barrier(accelerator)
+    return path
 
 
 def _barrier(accelerator) -> None:
@@ -158,16 +181,17 @@ class DiTDataset(Dataset):
 
     ``frames``: (M, 2) rows (clip index, frame index) of target frames with a
     face. Index ``i`` may exceed the length (``dithead.training.run.StepSampler``):
-    it reads row ``i % M`` and draws the reference frame and the mask shift
-    from ``(seed, i)``, so an item is the same in every run and worker, and
-    differs between epochs. Items are dicts of tensors:
+    it reads row ``i % M`` and draws the reference frame, the mask shift and
+    whether to mirror the item (target, reference and masked frame together,
+    with probability ``mirror_probability``; the audio stays) from ``(seed, i)``,
+    so an item is the same in every run and worker, and differs between epochs. Items are dicts of tensors:
     ``latent``, ``reference`` (C, h, w) float32; ``masked`` (3, H, W) uint8;
     ``mask`` (1, H, W) float32, 1 where hidden; ``audio`` (audio_window, D) float32; ``clip``, ``frame``, ``reference_frame`` int.
     """
 
     def __init__(self, clips: Sequence[ProcessedClip], frames: np.ndarray, latents: LazyArrays,
                  features: LazyArrays, *, mask: MaskSettings, min_ref_distance: int = 60,
-                 audio_window: int = 11, seed: int = 0):
+                 audio_window: int = 11, mirror_probability: float = 0.0, seed: int = 0):
         self.clips = list(clips)
         self.frames = np.asarray(frames, dtype=np.int64).reshape(-1, 2)
         if len(self.frames) == 0:
@@ -177,6 +201,7 @@ class DiTDataset(Dataset):
         self.mask = mask
         self.min_ref_distance = min_ref_distance
         self.audio_window = audio_window
+        self.mirror_probability = mirror_probability
         self.seed = seed
 
     def __len__(self) -> int:
@@ -191,7 +216,12 @@ class DiTDataset(Dataset):
         image = clip.crop(frame)
         mask = lower_face_mask(np.asarray(clip.landmarks[frame]), image.shape[:2], self.mask.kernel_size,
                                self.mask.sigma, shift=shift, region=self.mask.region)
-        latents = self.latents[clip.name]
+        # Drawn last and only when asked, so runs without mirroring draw the same items as before.
+        if self.mirror_probability > 0 and rng.random() < self.mirror_probability:
+            image, mask = np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(mask[:, ::-1])
+            latents = self.latents[mirrored_name(clip.name)]
+        else:
+            latents = self.latents[clip.name]
         return {
             "latent": torch.from_numpy(latents[frame].astype(np.float32)),
             "reference": torch.from_numpy(latents[reference].astype(np.float32)),

@@ -57,10 +57,12 @@ class DiTTrainingConfig:
     num_heads: int | None = None
     adaln: bool = False
     audio_adaln: bool = False
+    dropout: float = 0.0
     gradient_checkpointing: bool = False
     # data
     audio_window: int = 11
     min_ref_distance: int = 60
+    mirror_probability: float = 0.0     # training items mirrored left-right (target, reference, masked frame)
     split: SplitSettings = field(default_factory=SplitSettings)
     fps: float = 25.0                   # frames per second of the preprocessed clips (time split's gap)
     val_samples: int = 64
@@ -108,6 +110,10 @@ class DiTTrainingConfig:
             raise ValueError(f"dit.snr_gamma must be null or > 0, not {self.snr_gamma}")
         if self.audio_adaln and not self.adaln:
             raise ValueError("dit.audio_adaln needs dit.adaln: true (the audio joins the adaLN modulation)")
+        if not 0 <= self.mirror_probability <= 1:
+            raise ValueError(f"dit.mirror_probability must be in [0, 1], not {self.mirror_probability}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dit.dropout must be in [0, 1), not {self.dropout}")
         if self.ema_decay > 1:
             raise ValueError(f"dit.ema_decay must be in [0, 1], not {self.ema_decay}")
         if self.sample_steps > self.diffusion_steps:
@@ -140,7 +146,7 @@ def _prepare_data(clips: Sequence[ProcessedClip], config: DiTTrainingConfig, fea
     split = make_split(clips, config.split, config.seed, config.fps)
     feature_paths, audio_dim = audio_feature_paths(clips, features_dir)
     latent_paths = precompute_latents(vq_gt, clips, latent_cache_dir, batch_size=config.latent_batch_size,
-                                      accelerator=accelerator)
+                                      accelerator=accelerator, mirrored=config.mirror_probability > 0)
     latents, features = LazyArrays(latent_paths), LazyArrays(feature_paths)
     common = dict(latents=latents, features=features, min_ref_distance=config.min_ref_distance,
                   audio_window=config.audio_window, seed=config.seed)
@@ -150,7 +156,7 @@ def _prepare_data(clips: Sequence[ProcessedClip], config: DiTTrainingConfig, fea
     train_rows = valid_frames(train_views)
     if len(train_rows) == 0:
         raise ValueError(f"no frames with a face in the training clips {split.train}")
-    train = DiTDataset(train_views, train_rows, mask=mask, **common)
+    train = DiTDataset(train_views, train_rows, mask=mask, mirror_probability=config.mirror_probability, **common)
     val_rows = evenly_spaced(held_out_frames(clips, split), config.val_samples)
     # Validation items are fixed: no mask shift, references drawn from the seed (from the training
     # part of the clip under a time split, as a user dubbing their own footage would).
@@ -173,7 +179,7 @@ def build_model(config: DiTTrainingConfig, latent_shape: tuple[int, int, int], a
     model = DiTHead(**dit_config(config.preset, depth=config.depth, hidden_size=config.hidden_size,
                                  num_heads=config.num_heads, sample_size=height, latent_channels=channels,
                                  audio_dim=audio_dim, audio_window=config.audio_window, adaln=config.adaln,
-                                 audio_adaln=config.audio_adaln))
+                                 audio_adaln=config.audio_adaln, dropout=config.dropout))
     if config.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     return model
