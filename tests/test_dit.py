@@ -31,7 +31,7 @@ from dithead.models.vqgan import build_vqmodel
 from dithead.training.dit_data import (DiTDataset, LazyArrays, audio_feature_paths, mirrored_name, precompute_latents,
                                       target_frames)
 from dithead.training.split import split_by_identity
-from dithead.training.train_dit import DiTTrainingConfig, _fingerprint_config
+from dithead.training.train_dit import DiTTrainingConfig, drop_audio, _fingerprint_config
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE = REPO / "stages" / "train_dit.py"
@@ -510,11 +510,25 @@ def test_audio_features_must_exist_and_match_the_clip(demo_data, tmp_path):
     ("sample_steps", 2000, r"dit\.sample_steps \(2000\) must be <= dit\.diffusion_steps \(1000\)"),
     ("mixed_precision", "fp8", r"dit\.mixed_precision must be one of auto, bf16, fp16, no"),
     ("dropout", 1.0, r"dit\.dropout must be in \[0, 1\), not 1\.0"),
+    ("audio_dropout", -0.1, r"dit\.audio_dropout must be in \[0, 1\], not -0\.1"),
     ("mirror_probability", 1.5, r"dit\.mirror_probability must be in \[0, 1\], not 1\.5"),
 ])
 def test_training_config_names_the_bad_param(key, value, message):
     with pytest.raises(ValueError, match=message):
         DiTTrainingConfig(**{key: value})
+
+
+def test_audio_dropout_replaces_whole_windows_by_the_guidance_null():
+    audio = torch.randn(400, 11, AUDIO_DIM)
+    mean = torch.randn(AUDIO_DIM)
+    assert drop_audio(audio, mean, 0.0, torch.Generator().manual_seed(0)) is audio
+    dropped = drop_audio(audio, mean, 0.25, torch.Generator().manual_seed(0))
+    is_null = (dropped == mean).all(-1).all(-1)
+    kept = (dropped == audio).all(-1).all(-1)
+    assert (is_null | kept).all()                              # whole windows, nothing in between
+    assert 60 <= int(is_null.sum()) <= 140                     # about a quarter of 400
+    torch.testing.assert_close(drop_audio(audio, mean, 0.25, torch.Generator().manual_seed(0)), dropped)
+    assert (drop_audio(audio, mean, 1.0, torch.Generator().manual_seed(0)) == mean).all()
 
 
 def test_bookkeeping_params_keep_checkpoints_valid():

@@ -120,8 +120,9 @@ class AudioGuidance(torch.nn.Module):
     minute of footage follows the audio too weakly (the mouth moves a third as
     much as the real one), and guidance amplifies what the audio changes.
     The "unconditional" input is the mean audio window of the training clips
-    (the DiT's ``audio_mean``: zero after its standardisation), an input the
-    model has seen around throughout training, so no audio dropout is needed.
+    (the DiT's ``audio_mean``: zero after its standardisation), an input near
+    what the model sees throughout training, so guidance works on any trained
+    DiT; ``dit.audio_dropout`` also trains the model on that window itself.
     Both predictions run as one batch of twice the size.
     """
 

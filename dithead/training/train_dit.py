@@ -58,6 +58,7 @@ class DiTTrainingConfig:
     adaln: bool = False
     audio_adaln: bool = False
     dropout: float = 0.0
+    audio_dropout: float = 0.0          # share of training items whose audio window is the mean window (guidance's null)
     gradient_checkpointing: bool = False
     # data
     audio_window: int = 11
@@ -112,6 +113,8 @@ class DiTTrainingConfig:
             raise ValueError("dit.audio_adaln needs dit.adaln: true (the audio joins the adaLN modulation)")
         if not 0 <= self.mirror_probability <= 1:
             raise ValueError(f"dit.mirror_probability must be in [0, 1], not {self.mirror_probability}")
+        if not 0 <= self.audio_dropout <= 1:
+            raise ValueError(f"dit.audio_dropout must be in [0, 1], not {self.audio_dropout}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dit.dropout must be in [0, 1), not {self.dropout}")
         if self.ema_decay > 1:
@@ -194,6 +197,21 @@ def _conditions(batch: dict[str, torch.Tensor], vq_masked: VQModel, autocast) ->
     with autocast():
         masked = encode_latents(vq_masked, batch["masked"]).float()
     return dict(latents=batch["latent"], masked=masked, reference=batch["reference"], audio=batch["audio"])
+
+
+def drop_audio(audio: torch.Tensor, mean: torch.Tensor, probability: float,
+               generator: torch.Generator) -> torch.Tensor:
+    """``audio`` (B, window, D) with each item's window replaced by ``mean`` (D,) with ``probability``.
+
+    The mean window is the unconditional input of audio guidance
+    (``dithead.inference.sampling.AudioGuidance``); training on it now and then
+    teaches the model what to predict without the audio, classifier-free
+    guidance's condition dropout (Ho & Salimans, 2022).
+    """
+    if probability == 0:
+        return audio
+    dropped = torch.rand(audio.shape[0], generator=generator, device=generator.device) < probability
+    return torch.where(dropped.to(audio.device)[:, None, None], mean.to(audio), audio)
 
 
 def _region_weight(batch: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor],
@@ -352,6 +370,7 @@ def train_dit(clips: Sequence[ProcessedClip], config: DiTTrainingConfig, *, feat
             batch = _to_device(next(batches), device)
             inputs = _conditions(batch, vq_masked, accelerator.autocast)
             noise_rng = step_generator(config.seed, step, micro_step, accelerator.process_index, device)
+            inputs["audio"] = drop_audio(inputs["audio"], plain_model.audio_mean, config.audio_dropout, noise_rng)
             with accelerator.accumulate(model), accelerator.autocast():
                 loss = diffusion_loss(model, scheduler, **inputs, generator=noise_rng, snr_gamma=config.snr_gamma,
                                       region_weight=_region_weight(batch, inputs, config))
