@@ -51,6 +51,13 @@ def held_out_audio(clip: ProcessedClip, start: int, stop: int, fps: float, path:
     return np.load(Path("data/features") / f"{clip.name}.npy")[start:stop]
 
 
+def eval_config(params: dict) -> EvalConfig:
+    """The evaluate stage's crops and lip-sync settings; the weight-free image metrics only."""
+    e = params["evaluate"]
+    return EvalConfig(metrics=["psnr", "lmd", "mouth_psnr"], fps=params["data"]["fps"], crop_size=e["crop_size"],
+                      crop_margin=e["crop_margin"], smooth_frames=e["smooth_frames"], mouth_margin=e["mouth_margin"])
+
+
 def run_config(solver: str, steps: int, guidance: float, params: dict, clip: ProcessedClip, frames: tuple[int, int],
                reference: tuple[int, int], work: Path) -> dict:
     fps = params["data"]["fps"]
@@ -66,11 +73,8 @@ def run_config(solver: str, steps: int, guidance: float, params: dict, clip: Pro
     report = pipe.sample_clip(clip, features, work / "audio.wav", video, settings, frames=frames,
                               reference_frames=reference, progress=False)
     seconds = time.perf_counter() - start
-    e = params["evaluate"]
-    config = EvalConfig(metrics=["psnr", "lmd", "mouth_psnr"], fps=fps, crop_size=e["crop_size"],
-                        crop_margin=e["crop_margin"], smooth_frames=e["smooth_frames"], mouth_margin=e["mouth_margin"])
     source = Path(clip.meta["source"]["video"])
-    metrics = Evaluator({}, config).evaluate(video, source, gt_start=frames[0]).report["metrics"]
+    metrics = Evaluator({}, eval_config(params)).evaluate(video, source, gt_start=frames[0]).report["metrics"]
     return {"solver": solver, "steps": steps, "frames": report["frames"], "seconds": round(seconds, 1),
             "frames_per_second": round(report["frames"] / seconds, 2), **{k: metrics.get(k) for k in COLUMNS},
             "audio_guidance": guidance}

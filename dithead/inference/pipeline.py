@@ -294,13 +294,23 @@ class DiTHeadPipeline:
         frame, as ``sample_clip`` would paste generated ones (no audio, no motion: the floor a model must beat)."""
         settings = settings or SampleSettings()
         order = self._order(clip, n_frames, frames)
-        masks = self._conditions(clip, order, np.zeros((n_frames, 1), np.float32), settings).mask
         reference_index = self.reference_index(clip, int(order[0]), settings, reference_frames)
         crop = clip.crop(reference_index)
-        written = self._write_video(clip, order, (crop for _ in order), masks, audio_path, output, settings,
-                                    video_path)
+        report = self.paste_crops(clip, (crop for _ in order), n_frames, audio_path, output, settings, video_path,
+                                  frames)
+        return {**report, "reference_frame": reference_index}
+
+    def paste_crops(self, clip: ProcessedClip, crops: Iterable[np.ndarray], n_frames: int,
+                    audio_path: str | os.PathLike, output: str | os.PathLike, settings: SampleSettings | None = None,
+                    video_path: str | os.PathLike | None = None, frames: tuple[int, int] | None = None) -> dict:
+        """``crops`` (one face crop per output frame) pasted with the mask ``sample_clip`` uses, no model involved:
+        baselines, and ceilings such as the ground truth's own crops (``bench/sync_ceiling.py``)."""
+        settings = settings or SampleSettings()
+        order = self._order(clip, n_frames, frames)
+        masks = self._conditions(clip, order, np.zeros((n_frames, 1), np.float32), settings).mask
+        written = self._write_video(clip, order, iter(crops), masks, audio_path, output, settings, video_path)
         return {"clip": clip.name, "output": str(output), "frames": written, "video_frames": len(clip),
-                "start_frame": int(order[0]), "reference_frame": reference_index, "steps": 0}
+                "start_frame": int(order[0]), "steps": 0}
 
     @staticmethod
     def _order(clip: ProcessedClip, n_frames: int, frames: tuple[int, int] | None) -> np.ndarray:
