@@ -80,6 +80,23 @@ def run_config(solver: str, steps: int, guidance: float, params: dict, clip: Pro
             "audio_guidance": guidance}
 
 
+def held_out_part(name: str) -> tuple[ProcessedClip, tuple[int, int], tuple[int, int]]:
+    """Clip ``name``, its held-out frames [start, stop) and its training frames (where references come from)."""
+    split = json.loads(Path("models/dit/split.json").read_text())
+    if name not in split.get("validation_frames", {}):
+        raise SystemExit(f"clip '{name}' has no held-out frames in models/dit/split.json (a time split)")
+    frames = tuple(split["validation_frames"][name])
+    return ProcessedClip(Path("data/processed") / name), frames, tuple(split["train_frames"][name])
+
+
+def write_results(out: str, clip: str, frames: tuple[int, int], rows: list[dict], text: str) -> None:
+    """Print the Markdown table and write it with the raw rows to ``out`` (JSON)."""
+    print(text)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps({"clip": clip, "frames": list(frames), "rows": rows, "table": text},
+                                    indent=2) + "\n")
+
+
 def table(rows: list[dict]) -> str:
     head = "| solver | steps | " + " | ".join(COLUMNS) + " | frames/s |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 3)]
@@ -92,14 +109,9 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     args = parse_args()
     params = load_params()
-    split = json.loads(Path("models/dit/split.json").read_text())
-    if args.clip not in split.get("validation_frames", {}):
-        raise SystemExit(f"steps_quality: clip '{args.clip}' has no held-out frames in models/dit/split.json")
-    start, stop = split["validation_frames"][args.clip]
+    clip, (start, stop), reference = held_out_part(args.clip)
     if args.frames:
         stop = min(stop, start + args.frames)
-    reference = tuple(split["train_frames"][args.clip])
-    clip = ProcessedClip(Path("data/processed") / args.clip)
     rows = []
     with tempfile.TemporaryDirectory() as work:
         for config in args.configs:
@@ -107,11 +119,7 @@ def main() -> None:
             guidance = float(guidance[0]) if guidance else params["sample"].get("audio_guidance", 1.0)
             rows.append(run_config(solver, int(steps), guidance, params, clip, (start, stop), reference, Path(work)))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
-    text = table(rows)
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"clip": args.clip, "frames": [start, stop], "rows": rows,
-                                          "table": text}, indent=2) + "\n")
+    write_results(args.out, args.clip, (start, stop), rows, table(rows))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ Markdown table and writes it with the raw figures to ``--out`` (JSON).
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -27,12 +26,11 @@ import numpy as np
 import torch
 
 from dithead.data.mask import MaskSettings
-from dithead.data.store import ProcessedClip
 from dithead.inference.pipeline import DiTHeadPipeline, SampleSettings
 from dithead.metrics.evaluation import Evaluator
 from dithead.models.latents import encode_latents, tensor_to_image
 from dithead.params import load_params, section_config
-from steps_quality import COLUMNS, eval_config, held_out_audio  # noqa: E402  (bench/steps_quality.py)
+from steps_quality import COLUMNS, eval_config, held_out_audio, held_out_part, write_results  # noqa: E402  (bench/steps_quality.py)
 
 BATCH = 32
 
@@ -58,11 +56,7 @@ def through_vqgan(vq, crops: np.ndarray, quantise: bool) -> np.ndarray:
 def main() -> None:
     args = parse_args()
     params = load_params()
-    split = json.loads(Path("models/dit/split.json").read_text())
-    if args.clip not in split.get("validation_frames", {}):
-        raise SystemExit(f"sync_ceiling: clip '{args.clip}' has no held-out frames in models/dit/split.json")
-    start, stop = split["validation_frames"][args.clip]
-    clip = ProcessedClip(Path("data/processed") / args.clip)
+    clip, (start, stop), _ = held_out_part(args.clip)
     fps = params["data"]["fps"]
     pipe = DiTHeadPipeline.from_pretrained("models", fps=fps, mask=section_config(MaskSettings, params["mask"], "mask"))
     settings = SampleSettings(seed=params["seed"], min_ref_distance=params["dit"]["min_ref_distance"])
@@ -84,10 +78,7 @@ def main() -> None:
     columns = [c for c in COLUMNS if c != "audio_guidance"]
     text = "\n".join(["| ceiling | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
                      + [f"| {r['variant']} | " + " | ".join(f"{r[c]:.3f}" for c in columns) + " |" for r in rows])
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"clip": args.clip, "frames": [start, stop], "rows": rows,
-                                          "table": text}, indent=2) + "\n")
+    write_results(args.out, args.clip, (start, stop), rows, text)
 
 
 if __name__ == "__main__":
