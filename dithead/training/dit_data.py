@@ -183,8 +183,9 @@ class DiTDataset(Dataset):
     face. Index ``i`` may exceed the length (``dithead.training.run.StepSampler``):
     it reads row ``i % M`` and draws the reference frame, the mask shift and
     whether to mirror the item (target, reference and masked frame together,
-    with probability ``mirror_probability``; the audio stays) from ``(seed, i)``,
-    so an item is the same in every run and worker, and differs between epochs. Items are dicts of tensors:
+    with probability ``mirror_probability``; the audio stays) from
+    ``(seed, i)``, so an item is the same in every run and worker, and differs
+    between epochs. Items are dicts of tensors:
     ``latent``, ``reference`` (C, h, w) float32; ``masked`` (3, H, W) uint8;
     ``mask`` (1, H, W) float32, 1 where hidden; ``audio`` (audio_window, D) float32; ``clip``, ``frame``, ``reference_frame`` int.
     """
