@@ -9,6 +9,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+# Training stages on one CPU thread, in this process and in the stage processes the tests start: results
+# compared between runs (resume, batch independence) share their arithmetic, and the two CI cores are shared.
+os.environ.setdefault("DITHEAD_CPU_THREADS", "1")
+
 # ../shared/clips beside the checkout (as CI provides it); DITHEAD_SHARED_CLIPS points elsewhere.
 SHARED_CLIPS = Path(os.environ.get("DITHEAD_SHARED_CLIPS") or Path(__file__).resolve().parents[2] / "shared" / "clips")
 SMOKE_SIZE = 64

@@ -24,7 +24,7 @@ from dithead.data.mask import MaskSettings
 from dithead.data.store import list_clips
 from dithead.metrics.image import psnr, ssim
 from dithead.models.vqgan import NLayerDiscriminator, VQAutoencoder, build_vqmodel, downsample_factor
-from dithead.training.run import Checkpointer, GracefulStop, StepSampler
+from dithead.training.run import Checkpointer, GracefulStop, StepSampler, make_accelerator
 from dithead.training.train_vqgan import LossWeights, generator_loss, reconstruction_metrics
 from dithead.training.vqgan_data import FrameDataset, split_frames
 
@@ -179,6 +179,25 @@ def test_step_sampler_resumes_the_same_order_and_shards_processes():
     assert sorted(i % 10 for i in full[10:20]) == list(range(10))
     shards = [draws(StepSampler(10, batch_size=2, seed=1, num_processes=2, process_index=p), 10) for p in range(2)]
     assert not set(shards[0]) & set(shards[1])
+
+
+def test_one_cpu_training_process_uses_the_cores_not_accelerates_one_thread(monkeypatch):
+    """`accelerate launch` starts each process with OMP_NUM_THREADS=1; a lone CPU process must not train on one core."""
+    threads = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("DITHEAD_CPU_THREADS", "3")
+        torch.set_num_threads(1)                                   # what OMP_NUM_THREADS=1 leaves
+        make_accelerator()
+        assert torch.get_num_threads() == 3
+        monkeypatch.delenv("DITHEAD_CPU_THREADS")
+        torch.set_num_threads(1)
+        make_accelerator()
+        assert torch.get_num_threads() == len(os.sched_getaffinity(0))
+        monkeypatch.setenv("DITHEAD_CPU_THREADS", "two")
+        with pytest.raises(ValueError, match="DITHEAD_CPU_THREADS must be a whole number >= 1, not 'two'"):
+            make_accelerator()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_graceful_stop_turns_sigterm_into_a_request():
