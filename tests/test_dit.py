@@ -31,7 +31,7 @@ from dithead.models.vqgan import build_vqmodel
 from dithead.training.dit_data import (DiTDataset, LazyArrays, audio_feature_paths, mirrored_name, precompute_latents,
                                       target_frames)
 from dithead.training.split import split_by_identity
-from dithead.training.train_dit import DiTTrainingConfig, drop_audio, _fingerprint_config
+from dithead.training.train_dit import DiTTrainingConfig, drop_audio, _fingerprint_config, _region_weight
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE = REPO / "stages" / "train_dit.py"
@@ -148,6 +148,20 @@ def test_masked_region_weight_follows_the_mask_at_latent_resolution():
     assert torch.equal(weight[2:], torch.full((2, 4), 5.0))
     assert torch.equal(weight[0], torch.ones(4))
     assert torch.equal(weight[1], torch.tensor([3.0, 3.0, 1.0, 1.0]))
+
+
+def test_mouth_weight_multiplies_the_hidden_regions_weight_inside_the_mouth_box():
+    mask, mouth = torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8)
+    mask[..., 4:, :] = 1                               # lower half hidden
+    mouth[..., 4:6, 2:6] = 1                           # the lips: latent rows 2, columns 1-2
+    batch, latents = {"mask": mask, "mouth": mouth}, {"latents": torch.zeros(1, 3, 4, 4)}
+    weight = _region_weight(batch, latents, DiTTrainingConfig(masked_region_weight=5.0, mouth_weight=3.0))[0, 0]
+    assert torch.equal(weight[2, 1:3], torch.full((2,), 15.0))
+    assert torch.equal(weight[2, [0, 3]], torch.full((2,), 5.0)) and torch.equal(weight[3], torch.full((4,), 5.0))
+    assert torch.equal(weight[:2], torch.ones(2, 4))
+    mouth_only = _region_weight(batch, latents, DiTTrainingConfig(mouth_weight=3.0))[0, 0]
+    assert torch.equal(mouth_only[2, 1:3], torch.full((2,), 3.0)) and mouth_only.sum() == 16 + 2 * 2
+    assert _region_weight(batch, latents, DiTTrainingConfig()) is None       # the paper's plain MSE
 
 
 def test_region_weight_makes_errors_in_the_hidden_region_count_more():
@@ -454,6 +468,7 @@ def test_mirrored_items_flip_target_reference_and_masked_frame_together(demo_dat
         np.testing.assert_array_equal(b["latent"].numpy(), mirrored[frame].astype(np.float32))
         np.testing.assert_array_equal(b["reference"].numpy(), mirrored[reference].astype(np.float32))
         assert torch.equal(b["masked"], a["masked"].flip(-1)) and torch.equal(b["mask"], a["mask"].flip(-1))
+        assert torch.equal(b["mouth"], a["mouth"].flip(-1))
         assert torch.equal(b["audio"], a["audio"])
     half = DiTDataset(clips, rows, LazyArrays(paths), demo_data.features, mirror_probability=0.5, **settings)
     flips = [not torch.equal(half[i]["masked"], plain[i]["masked"]) for i in range(40)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dithead.data.mask import JAW_LINE, lower_face_mask
+from dithead.data.mask import JAW_LINE, lower_face_mask, mouth_box_mask
 from dithead.data.store import ProcessedClip
 
 LOWER_LIP_AND_CHIN = [14, 15, 16, 17, 18, 200, 199, 175, 152, 148, 176, 149, 377, 400, 378, 87, 178, 317, 402]
@@ -60,3 +60,23 @@ def test_mask_follows_the_head_in_any_region(landmarks):
 def test_unknown_mask_region_is_a_clear_error(landmarks):
     with pytest.raises(ValueError, match="mask.region must be one of jaw, below_nose"):
         lower_face_mask(landmarks, (64, 64), 9, 2.0, region="lower_half")
+
+
+def test_mouth_box_holds_the_lips_open_or_closed_inside_the_hidden_region(landmarks):
+    def at(mask, i):
+        x, y = np.clip(np.round(landmarks[i]).astype(int), 0, 63)
+        return mask[y, x]
+
+    box = mouth_box_mask(landmarks, (64, 64))
+    assert min(at(box, i) for i in (13, 14, 0, 17, 61, 291)) == 1             # inner and outer lips, corners
+    assert max(at(box, i) for i in (33, 263, 152)) == 0                       # eye corners, chin
+    assert 0.01 < box.mean() < 0.15                                           # a few latent positions, not the face
+    hidden = lower_face_mask(landmarks, (64, 64), 9, 2.0, region="below_nose")
+    assert hidden[box > 0].min() > 0.5                                        # weights only what the mask hides
+    opened = mouth_box_mask(open_mouth(landmarks, 4), (64, 64))
+    assert opened.sum() > box.sum()                                           # it follows this frame's mouth
+
+
+def test_mouth_box_of_a_frame_without_a_face_is_a_clear_error(landmarks):
+    with pytest.raises(ValueError, match="lip landmarks contain NaN"):
+        mouth_box_mask(np.full_like(landmarks, np.nan), (64, 64))

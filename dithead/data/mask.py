@@ -31,6 +31,11 @@ LOWER_FACE_LANDMARKS = JAW_LINE + NOSE_BRIDGE
 FACE_SIDES = (93, 323)
 BELOW_NOSE_SIDE_MARGIN = 0.1     # widen the below-nose region by this fraction of the face width on each side
 MASK_REGIONS = ("jaw", "below_nose")
+# Outer lip contour: the mouth corners (61, 291), the top of the upper lip (0) and the bottom of the lower lip (17).
+OUTER_LIPS = [61, 291, 0, 17]
+# Widen the lips' box by this fraction of the mouth's width on every side, so that the box holds the open
+# mouth of the frame and the skin its opening moves (mouth_box_mask).
+MOUTH_BOX_MARGIN = 0.25
 
 
 def lower_face_polygon(landmarks: np.ndarray, shift: tuple[float, float] = (0, 0)) -> np.ndarray:
@@ -78,6 +83,25 @@ def lower_face_mask(landmarks: np.ndarray, size: tuple[int, int], kernel_size: i
     if k > 1:
         mask = cv2.GaussianBlur(mask, (k, k), sigmaX=float(sigma), sigmaY=float(sigma))
     return np.clip(mask, 0.0, 1.0)
+
+
+def mouth_box_mask(landmarks: np.ndarray, size: tuple[int, int], margin: float = MOUTH_BOX_MARGIN) -> np.ndarray:
+    """Float32 (H, W): 1 inside the box around this frame's lips (widened by ``margin`` x mouth width), 0 elsewhere.
+
+    It marks where the audio decides the picture, for the DiT's loss weighting (``dit.mouth_weight``);
+    no model ever sees it.
+    """
+    points = np.asarray(landmarks, dtype=np.float32)[OUTER_LIPS]
+    if not np.isfinite(points).all():
+        raise ValueError("lip landmarks contain NaN (frame without a face)")
+    pad = margin * float(np.ptp(points[:, 0]))
+    (x0, y0), (x1, y1) = points.min(axis=0) - pad, points.max(axis=0) + pad
+    h, w = size
+    mask = np.zeros((h, w), dtype=np.float32)
+    rows = slice(max(0, int(np.floor(y0))), max(0, int(np.ceil(y1)) + 1))
+    cols = slice(max(0, int(np.floor(x0))), max(0, int(np.ceil(x1)) + 1))
+    mask[rows, cols] = 1.0
+    return mask
 
 
 def apply_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:

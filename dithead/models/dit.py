@@ -297,8 +297,8 @@ def diffusion_loss(model: nn.Module, scheduler: DDPMScheduler, latents: torch.Te
 
 
 def masked_region_weight(mask: torch.Tensor, latent_size: tuple[int, int], weight: float) -> torch.Tensor:
-    """(B, 1, h, w) loss weights from pixel masks (B, 1, H, W), 1 where hidden: ``weight`` over the
-    hidden region, 1 elsewhere, blended by the share of each latent position the mask covers.
+    """(B, 1, h, w) loss weights from pixel masks (B, 1, H, W), 1 over a region (the hidden one, or the
+    mouth box): ``weight`` there, 1 elsewhere, blended by the share of each latent position the mask covers.
 
     Outside the mask the answer is in the masked-frame input; only the hidden region, where the
     mouth is, depends on the audio, and at 1 it is a small part of the loss.

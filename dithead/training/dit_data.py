@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from dithead.data.audio_features import audio_windows
-from dithead.data.mask import MaskSettings, apply_mask, lower_face_mask, random_shift
+from dithead.data.mask import MaskSettings, apply_mask, lower_face_mask, mouth_box_mask, random_shift
 from dithead.data.store import ProcessedClip
 from dithead.fileio import atomic_path
 from dithead.inference.sampling import pick_reference_index
@@ -187,7 +187,8 @@ class DiTDataset(Dataset):
     ``(seed, i)``, so an item is the same in every run and worker, and differs
     between epochs. Items are dicts of tensors:
     ``latent``, ``reference`` (C, h, w) float32; ``masked`` (3, H, W) uint8;
-    ``mask`` (1, H, W) float32, 1 where hidden; ``audio`` (audio_window, D) float32; ``clip``, ``frame``, ``reference_frame`` int.
+    ``mask`` (1, H, W) float32, 1 where hidden; ``mouth`` (1, H, W) float32, 1 in the box around the
+    target's lips (``dithead.data.mask.mouth_box_mask``); ``audio`` (audio_window, D) float32; ``clip``, ``frame``, ``reference_frame`` int.
     """
 
     def __init__(self, clips: Sequence[ProcessedClip], frames: np.ndarray, latents: LazyArrays,
@@ -217,9 +218,10 @@ class DiTDataset(Dataset):
         image = clip.crop(frame)
         mask = lower_face_mask(np.asarray(clip.landmarks[frame]), image.shape[:2], self.mask.kernel_size,
                                self.mask.sigma, shift=shift, region=self.mask.region)
+        mouth = mouth_box_mask(np.asarray(clip.landmarks[frame]), image.shape[:2])
         # Drawn last and only when asked, so runs without mirroring draw the same items as before.
         if self.mirror_probability > 0 and rng.random() < self.mirror_probability:
-            image, mask = np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(mask[:, ::-1])
+            image, mask, mouth = (np.ascontiguousarray(a[:, ::-1]) for a in (image, mask, mouth))
             latents = self.latents[mirrored_name(clip.name)]
         else:
             latents = self.latents[clip.name]
@@ -228,6 +230,7 @@ class DiTDataset(Dataset):
             "reference": torch.from_numpy(latents[reference].astype(np.float32)),
             "masked": torch.from_numpy(apply_mask(image, mask)).permute(2, 0, 1).contiguous(),
             "mask": torch.from_numpy(mask)[None],
+            "mouth": torch.from_numpy(mouth)[None],
             "audio": torch.from_numpy(audio_windows(self.features[clip.name], [frame], self.audio_window)[0]),
             "clip": torch.tensor(clip_index),
             "frame": torch.tensor(frame),

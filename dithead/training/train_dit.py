@@ -71,6 +71,7 @@ class DiTTrainingConfig:
     diffusion_steps: int = 1000
     snr_gamma: float | None = None      # Min-SNR-gamma loss weighting; None: the paper's plain MSE
     masked_region_weight: float = 1.0   # loss weight of the hidden lower face against the rest; 1: the paper's MSE
+    mouth_weight: float = 1.0           # and of the box around the lips on top of that; 1: no extra weight
     learning_rate: float = 1e-4
     weight_decay: float = 0.0
     batch_size: int = 32                # per process and micro-step
@@ -93,7 +94,7 @@ class DiTTrainingConfig:
                     "sample_every": 1, "sample_count": 1, "sample_steps": 1, "checkpoint_every": 0, "workers": 0,
                     "latent_batch_size": 1, "val_samples": 0, "audio_window": 1, "min_ref_distance": 0,
                     "diffusion_steps": 1, "learning_rate": 0, "weight_decay": 0, "ema_decay": 0,
-                    "masked_region_weight": 0}
+                    "masked_region_weight": 0, "mouth_weight": 0}
         check_minimums(self, at_least, "dit")
         for name in ("depth", "hidden_size", "num_heads"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
@@ -216,9 +217,12 @@ def drop_audio(audio: torch.Tensor, mean: torch.Tensor, probability: float,
 
 def _region_weight(batch: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor],
                    config: DiTTrainingConfig) -> torch.Tensor | None:
-    if config.masked_region_weight == 1:
-        return None
-    return masked_region_weight(batch["mask"], tuple(inputs["latents"].shape[-2:]), config.masked_region_weight)
+    """Per-latent-position loss weights: the hidden region's weight, times the mouth box's; None when both are 1."""
+    size = tuple(inputs["latents"].shape[-2:])
+    weights = [masked_region_weight(batch[region], size, weight)
+               for region, weight in (("mask", config.masked_region_weight), ("mouth", config.mouth_weight))
+               if weight != 1]
+    return torch.stack(weights).prod(dim=0) if weights else None
 
 
 def _collate(dataset: DiTDataset, first: int, stop: int) -> dict[str, torch.Tensor]:
