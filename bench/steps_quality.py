@@ -5,13 +5,17 @@ Run in a project folder after `dvc repro` (a time split: the held-out end of a c
     python bench/steps_quality.py --clip cnn_anchor
     python bench/steps_quality.py --clip cnn_anchor --configs ddim:250 ddim:50 ddim:25 dpmsolver++:20 dpmsolver++:10
     python bench/steps_quality.py --clip cnn_anchor --configs ddim:25:1 ddim:25:2 ddim:25:3   # audio guidance
+    python bench/steps_quality.py --clip macron --seeds 0 1 2 \
+        --configs dpmsolver++:10:4:evolving:per_frame dpmsolver++:10:4:fixed:shared      # reference and noise
 
-For each ``solver:steps[:audio_guidance]`` (guidance: sample.audio_guidance unless given)
-it samples the clip's held-out frames (or the first
+For each ``solver:steps[:audio_guidance[:reference[:noise]]]`` (the ``sample:`` params where not
+given) and each of ``--seeds`` it samples the clip's held-out frames (or the first
 ``--frames`` of them) with the trained models and the project's params, driven
 by their own audio, times the sampling on this machine, and scores the video
 against the source with the evaluation of the `evaluate` stage. Prints a
-Markdown table and writes it with the raw figures to ``--out`` (JSON).
+Markdown table and writes it with the raw figures to ``--out`` (JSON). With
+several seeds (the sampling noise and the reference frame), it also gives each
+config's mean and standard deviation of ``mouth_open_r``.
 """
 
 from __future__ import annotations
@@ -32,13 +36,14 @@ from dithead.inference.pipeline import DiTHeadPipeline, SampleSettings
 from dithead.metrics.evaluation import EvalConfig, Evaluator
 from dithead.params import load_params, section_config
 
-COLUMNS = ("audio_guidance", "mouth_open_r", "av_offset", "mouth_open_std_ratio", "mouth_psnr", "lmd", "psnr")
+COLUMNS = ("audio_guidance", "reference", "noise", "seed", "mouth_open_r", "av_offset", "mouth_open_std_ratio", "mouth_psnr", "lmd", "psnr")
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--clip", required=True, help="a clip of data/processed with a held-out part in models/dit/split.json")
     p.add_argument("--configs", nargs="+", default=["ddim:250", "ddim:50", "ddim:25", "dpmsolver++:20", "dpmsolver++:10"])
+    p.add_argument("--seeds", type=int, nargs="+", help="sampling seeds, each config run once per seed (default: seed)")
     p.add_argument("--frames", type=int, default=0, help="score only the first N held-out frames (0: all)")
     p.add_argument("--out", default="metrics/steps_quality.json")
     return p.parse_args()
@@ -58,26 +63,49 @@ def eval_config(params: dict) -> EvalConfig:
                       crop_margin=e["crop_margin"], smooth_frames=e["smooth_frames"], mouth_margin=e["mouth_margin"])
 
 
-def run_config(solver: str, steps: int, guidance: float, params: dict, clip: ProcessedClip, frames: tuple[int, int],
+def parse_config(text: str, sample: dict) -> dict:
+    """``solver:steps[:audio_guidance[:reference[:noise]]]``, the ``sample:`` params filling what is not given."""
+    solver, steps, *rest = text.split(":")
+    defaults = [sample.get("audio_guidance", 1.0), sample.get("reference", "evolving"), sample.get("noise", "per_frame")]
+    guidance, reference, noise = rest + defaults[len(rest):]
+    return {"solver": solver, "steps": int(steps), "audio_guidance": float(guidance), "reference": reference,
+            "noise": noise}
+
+
+def run_config(config: dict, seed: int, params: dict, clip: ProcessedClip, frames: tuple[int, int],
                reference: tuple[int, int], work: Path) -> dict:
     fps = params["data"]["fps"]
     features = held_out_audio(clip, *frames, fps, work / "audio.wav")
-    pipe = DiTHeadPipeline.from_pretrained("models", weights=params["sample"]["weights"], solver=solver,
+    pipe = DiTHeadPipeline.from_pretrained("models", weights=params["sample"]["weights"], solver=config["solver"],
                                            precision=params["sample"]["precision"], fps=fps,
                                            mask=section_config(MaskSettings, params["mask"], "mask"))
-    settings = SampleSettings(steps=steps, audio_guidance=guidance, seed=params["seed"],
+    settings = SampleSettings(steps=config["steps"], audio_guidance=config["audio_guidance"],
+                              reference=config["reference"], noise=config["noise"], seed=seed,
                               chunk_size=params["sample"]["chunk_size"],
                               min_ref_distance=params["dit"]["min_ref_distance"])
-    video = work / f"{solver}_{steps}_{guidance:g}.mp4"
+    video = work / "held_out.mp4"
     start = time.perf_counter()
     report = pipe.sample_clip(clip, features, work / "audio.wav", video, settings, frames=frames,
                               reference_frames=reference, progress=False)
     seconds = time.perf_counter() - start
     source = Path(clip.meta["source"]["video"])
     metrics = Evaluator({}, eval_config(params)).evaluate(video, source, gt_start=frames[0]).report["metrics"]
-    return {"solver": solver, "steps": steps, "frames": report["frames"], "seconds": round(seconds, 1),
-            "frames_per_second": round(report["frames"] / seconds, 2), **{k: metrics.get(k) for k in COLUMNS},
-            "audio_guidance": guidance}
+    return {**config, "seed": seed, "frames": report["frames"], "reference_frame": report["reference_frame"],
+            "seconds": round(seconds, 1), "frames_per_second": round(report["frames"] / seconds, 2),
+            **{k: metrics.get(k) for k in COLUMNS if k in metrics}}
+
+
+def seed_summary(rows: list[dict]) -> str:
+    """Mean and standard deviation of mouth_open_r over the seeds of each config (empty with one seed)."""
+    by_config: dict[str, list[float]] = {}
+    for r in rows:
+        key = f"{r['solver']}:{r['steps']}:{r['audio_guidance']:g}:{r['reference']}:{r['noise']}"
+        by_config.setdefault(key, []).append(r["mouth_open_r"])
+    if all(len(v) < 2 for v in by_config.values()):
+        return ""
+    lines = ["| config | seeds | mouth_open_r mean | sd |", "|---|---|---|---|"]
+    lines += [f"| {k} | {len(v)} | {np.mean(v):.3f} | {np.std(v, ddof=1):.3f} |" for k, v in by_config.items()]
+    return "\n" + "\n".join(lines)
 
 
 def held_out_part(name: str) -> tuple[ProcessedClip, tuple[int, int], tuple[int, int]]:
@@ -114,12 +142,12 @@ def main() -> None:
         stop = min(stop, start + args.frames)
     rows = []
     with tempfile.TemporaryDirectory() as work:
-        for config in args.configs:
-            solver, steps, *guidance = config.split(":")
-            guidance = float(guidance[0]) if guidance else params["sample"].get("audio_guidance", 1.0)
-            rows.append(run_config(solver, int(steps), guidance, params, clip, (start, stop), reference, Path(work)))
-            print(table(rows[-1:]).splitlines()[-1], flush=True)
-    write_results(args.out, args.clip, (start, stop), rows, table(rows))
+        for text in args.configs:
+            config = parse_config(text, params["sample"])
+            for seed in args.seeds or [params["seed"]]:
+                rows.append(run_config(config, seed, params, clip, (start, stop), reference, Path(work)))
+                print(table(rows[-1:]).splitlines()[-1], flush=True)
+    write_results(args.out, args.clip, (start, stop), rows, table(rows) + seed_summary(rows))
 
 
 if __name__ == "__main__":

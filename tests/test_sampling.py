@@ -54,8 +54,11 @@ def run(sampler, model, conditions, reference, **kwargs):
     return torch.cat(list(sampler(model, kwargs.pop("scheduler"), conditions, reference, progress=False, **kwargs)))
 
 
-@pytest.mark.parametrize("solver,eta", [("ddim", 0.0), ("ddim", 1.0), ("dpmsolver++", 0.0)])
-def test_lockstep_equals_frame_by_frame_across_chunk_borders(setup, solver, eta):
+@pytest.mark.parametrize("solver,eta,reference_mode,noise", [
+    ("ddim", 0.0, "evolving", "per_frame"), ("ddim", 1.0, "evolving", "per_frame"),
+    ("dpmsolver++", 0.0, "evolving", "per_frame"), ("ddim", 1.0, "fixed", "shared"),
+    ("dpmsolver++", 0.0, "evolving", "shared"), ("dpmsolver++", 0.0, "fixed", "per_frame")])
+def test_lockstep_equals_frame_by_frame_across_chunk_borders(setup, solver, eta, reference_mode, noise):
     """Same frames whatever the chunking, compared in float64.
 
     In float32, a batch of 7 and a batch of 1 take different matmul/conv
@@ -71,12 +74,13 @@ def test_lockstep_equals_frame_by_frame_across_chunk_borders(setup, solver, eta)
     conditions = TensorConditions(conditions.masked.double(), conditions.audio.double())
     reference = reference.double()
     scheduler = make_scheduler(solver)
+    modes = {"reference_mode": reference_mode, "noise": noise}
     reference_frames = run(sample_frame_by_frame, model, conditions, reference,
-                           scheduler=scheduler, steps=6, seed=3, eta=eta)
+                           scheduler=scheduler, steps=6, seed=3, eta=eta, **modes)
     assert reference_frames.dtype == torch.float64
     for chunk in (1, 3, 7, 16):   # 3 puts chunk borders after frames 2 and 5
         lockstep = run(sample_lockstep, model, conditions, reference,
-                       scheduler=scheduler, steps=6, seed=3, eta=eta, chunk_size=chunk)
+                       scheduler=scheduler, steps=6, seed=3, eta=eta, chunk_size=chunk, **modes)
         assert lockstep.shape == (len(conditions), C, H, W)
         torch.testing.assert_close(lockstep, reference_frames, rtol=1e-9, atol=1e-9)
 
@@ -108,6 +112,37 @@ def test_every_later_frame_sees_previous_frames_noisy_latent_at_same_step(setup)
             sample_prev, ref, t = calls[(i - 1) * steps + k][0], calls[i * steps + k][1], calls[i * steps + k][2]
             torch.testing.assert_close(ref, sample_prev)
             assert t.item() == calls[(i - 1) * steps + k][2].item()
+
+
+def test_fixed_reference_gives_every_frame_the_clean_reference(setup):
+    _, conditions, reference = setup
+    model = StandInDiT().eval()
+    list(sample_lockstep(model, make_scheduler("ddim"), conditions, reference, steps=3, seed=0, chunk_size=3,
+                         reference_mode="fixed", progress=False))
+    for _, ref, _ in model.calls:
+        torch.testing.assert_close(ref, reference.expand_as(ref))
+
+
+def test_shared_noise_makes_fixed_reference_frames_differ_only_where_their_conditions_do(setup):
+    """Frames with the same masked latent and audio come out the same with shared noise, not with per-frame noise."""
+    model, conditions, reference = setup
+    same = TensorConditions(conditions.masked[:1].repeat(5, 1, 1, 1), conditions.audio[:1].repeat(5, 1, 1))
+    common = {"scheduler": make_scheduler("ddim"), "steps": 4, "seed": 2, "chunk_size": 2, "eta": 1.0,
+              "reference_mode": "fixed"}
+    shared = run(sample_lockstep, model, same, reference, noise="shared", **common)
+    per_frame = run(sample_lockstep, model, same, reference, noise="per_frame", **common)
+    torch.testing.assert_close(shared, shared[:1].expand_as(shared))
+    assert (per_frame - per_frame[:1]).abs().amax(dim=(1, 2, 3))[1:].min() > 0.1
+
+
+def test_unknown_reference_or_noise_mode_is_a_clear_error(setup):
+    model, conditions, reference = setup
+    with pytest.raises(ValueError, match="sample.reference must be one of evolving, fixed, not 'previous'"):
+        next(sample_lockstep(model, make_scheduler("ddim"), conditions, reference, steps=2, seed=0,
+                             reference_mode="previous", progress=False))
+    with pytest.raises(ValueError, match="sample.noise must be one of per_frame, shared, not 'one'"):
+        next(sample_lockstep(model, make_scheduler("ddim"), conditions, reference, steps=2, seed=0,
+                             noise="one", progress=False))
 
 
 def test_seed_changes_frames_and_is_reproducible(setup):

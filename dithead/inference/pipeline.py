@@ -75,6 +75,8 @@ class SampleSettings:
     steps: int = 250
     eta: float = 0.0
     audio_guidance: float = 1.0
+    reference: str = "evolving"
+    noise: str = "per_frame"
     chunk_size: int = 16
     precision: str = "auto"
     crf: int = DEFAULT_CRF
@@ -274,6 +276,7 @@ class DiTHeadPipeline:
         model = with_audio_guidance(self.dit, settings.audio_guidance)
         chunks = sample_lockstep(model, self.scheduler, conditions, reference, steps=settings.steps,
                                  seed=settings.seed, chunk_size=settings.chunk_size, eta=settings.eta,
+                                 reference_mode=settings.reference, noise=settings.noise,
                                  device=self.device, progress=progress, desc=f"sampling {clip.name}")
         crops = self._decoded_crops(timer.iterate("model", chunks), timer)
         written = self._write_video(clip, order, crops, conditions.mask, audio_path, output, settings, video_path,
@@ -282,7 +285,8 @@ class DiTHeadPipeline:
         return {"clip": clip.name, "output": str(output), "frames": written, "video_frames": len(clip),
                 "start_frame": int(order[0]), "ping_pong": bool(order.max() - order.min() + 1 < len(order)),
                 "reference_frame": reference_index, "steps": settings.steps,
-                "audio_guidance": settings.audio_guidance, "seconds": round(seconds, 2),
+                "audio_guidance": settings.audio_guidance, "reference": settings.reference, "noise": settings.noise,
+                "seconds": round(seconds, 2),
                 "frames_per_second": round(written / seconds, 3), "watermark": settings.watermark.message,
                 **timer.report(written)}
 

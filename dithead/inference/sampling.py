@@ -18,6 +18,13 @@ Noise is drawn per frame from a generator seeded by (seed, frame index) and
 consumed in the same order in both implementations (initial latent, then one
 draw per step when the solver is stochastic), so a frame's noise never
 depends on chunking or batch size.
+
+Two choices beyond the paper, both params of the sample stage:
+``reference="fixed"`` gives every frame the first frame's clean reference
+(the condition the DiT is trained on: a clean frame of the same person)
+instead of the previous frame's noisy latent, and ``noise="shared"`` starts
+every frame from the same noise. With both, frames differ only where their
+conditions (masked frame, audio) do: no frame-to-frame jitter from the noise.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from tqdm.auto import tqdm
 
 SOLVERS = ("ddim", "dpmsolver++")
+REFERENCES = ("evolving", "fixed")   # frame i's reference: frame i-1's noisy latent (paper 3.4), or frame 0's clean one
+NOISES = ("per_frame", "shared")     # each frame its own noise (the paper), or the same noise for all
 REFERENCE_MIN_DISTANCE = 60    # paper 3.3: the reference frame is at least 60 frames away
 
 
@@ -100,6 +109,18 @@ def frame_generator(seed: int, frame: int) -> torch.Generator:
     """A CPU generator for one frame; SeedSequence decorrelates neighbouring frames and seeds."""
     state = np.random.SeedSequence([int(seed), int(frame)]).generate_state(2, dtype=np.uint32)
     return torch.Generator("cpu").manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+
+
+def frame_generators(seed: int, frames: range, noise: str = "per_frame") -> list[torch.Generator]:
+    """One generator per frame of ``frames``: seeded by its index, or all by frame 0's with ``noise="shared"``."""
+    if noise not in NOISES:
+        raise ValueError(f"sample.noise must be one of {', '.join(NOISES)}, not {noise!r}")
+    return [frame_generator(seed, 0 if noise == "shared" else i) for i in frames]
+
+
+def _check_reference_mode(reference: str) -> None:
+    if reference not in REFERENCES:
+        raise ValueError(f"sample.reference must be one of {', '.join(REFERENCES)}, not {reference!r}")
 
 
 def _frame_noise(generators: list[torch.Generator], shape: tuple[int, ...], device,
@@ -171,12 +192,15 @@ def _reference_latent(reference: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_frame_by_frame(model, scheduler, conditions: FrameConditions, reference: torch.Tensor, *,
-                          steps: int, seed: int, eta: float = 0.0, device=None,
-                          progress: bool = True, desc: str = "sampling") -> Iterator[torch.Tensor]:
+                          steps: int, seed: int, eta: float = 0.0, device=None, reference_mode: str = "evolving",
+                          noise: str = "per_frame", progress: bool = True,
+                          desc: str = "sampling") -> Iterator[torch.Tensor]:
     """Denoise one frame after the other (the literal order of paper 3.4); yields (1, C, h, w) per frame.
 
-    Keeps the previous frame's latent at every step (``steps`` latents) to serve as the reference.
+    Keeps the previous frame's latent at every step (``steps`` latents) to serve as the reference
+    (``reference_mode="fixed"``: every frame takes ``reference``; ``noise``: see ``frame_generators``).
     """
+    _check_reference_mode(reference_mode)
     device = torch.device(device) if device is not None else reference.device
     dtype = _model_dtype(model)
     clean_reference = _reference_latent(reference).to(device, _latent_dtype(model))
@@ -185,12 +209,12 @@ def sample_frame_by_frame(model, scheduler, conditions: FrameConditions, referen
         for i in range(len(conditions)):
             masked, audio = (x.to(device) for x in conditions.window(i, i + 1))
             sched = _fresh_scheduler(scheduler, steps)
-            generators = [frame_generator(seed, i)]
+            generators = frame_generators(seed, range(i, i + 1), noise)
             z = _frame_noise(generators, clean_reference.shape[1:], device, clean_reference.dtype) * sched.init_noise_sigma
             trajectory = []
             for k, t in enumerate(sched.timesteps):
                 trajectory.append(z)
-                ref = clean_reference if previous is None else previous[k]
+                ref = clean_reference if previous is None or reference_mode == "fixed" else previous[k]
                 eps = _predict_noise(model, sched.scale_model_input(z, t), masked, ref, audio, t, dtype)
                 z = _step(sched, eps, t, z, generators, eta, device)
             previous = trajectory
@@ -201,13 +225,15 @@ def sample_frame_by_frame(model, scheduler, conditions: FrameConditions, referen
 @torch.no_grad()
 def sample_lockstep(model, scheduler, conditions: FrameConditions, reference: torch.Tensor, *,
                     steps: int, seed: int, chunk_size: int = 16, eta: float = 0.0, device=None,
+                    reference_mode: str = "evolving", noise: str = "per_frame",
                     progress: bool = True, desc: str = "sampling") -> Iterator[torch.Tensor]:
     """Denoise ``chunk_size`` frames at a time, all through each step together; yields (n, C, h, w) per chunk.
 
-    Same result as ``sample_frame_by_frame``. The last frame of each chunk
-    hands its latent at every step to the first frame of the next chunk.
+    Same result as ``sample_frame_by_frame`` (with the same ``reference_mode`` and ``noise``). The last
+    frame of each chunk hands its latent at every step to the first frame of the next chunk.
     Memory grows with ``chunk_size`` and ``steps``, not with clip length.
     """
+    _check_reference_mode(reference_mode)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     device = torch.device(device) if device is not None else reference.device
@@ -220,13 +246,15 @@ def sample_lockstep(model, scheduler, conditions: FrameConditions, reference: to
             stop = min(start + chunk_size, n_frames)
             masked, audio = (x.to(device) for x in conditions.window(start, stop))
             sched = _fresh_scheduler(scheduler, steps)
-            generators = [frame_generator(seed, i) for i in range(start, stop)]
+            generators = frame_generators(seed, range(start, stop), noise)
             z = _frame_noise(generators, clean_reference.shape[1:], device, clean_reference.dtype) * sched.init_noise_sigma
             last_frame_trajectory = []
             for k, t in enumerate(sched.timesteps):
                 last_frame_trajectory.append(z[-1:])
-                first_ref = clean_reference if carried is None else carried[k]
-                refs = torch.cat([first_ref, z[:-1]])          # frame i sees frame i-1 at this same step
+                if reference_mode == "fixed":
+                    refs = clean_reference.expand_as(z)
+                else:                                          # frame i sees frame i-1 at this same step
+                    refs = torch.cat([clean_reference if carried is None else carried[k], z[:-1]])
                 eps = _predict_noise(model, sched.scale_model_input(z, t), masked, refs, audio, t, dtype)
                 z = _step(sched, eps, t, z, generators, eta, device)
             carried = last_frame_trajectory
