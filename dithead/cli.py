@@ -89,7 +89,8 @@ def cmd_generate(args) -> int:
     settings = section_config(SampleSettings, params["sample"], "sample", seed=args.seed,
                               min_ref_distance=params["dit"]["min_ref_distance"])
     settings = replace(settings, steps=args.steps or settings.steps, solver=args.solver or settings.solver,
-                       audio_guidance=settings.audio_guidance if args.audio_guidance is None else args.audio_guidance)
+                       audio_guidance=settings.audio_guidance if args.audio_guidance is None else args.audio_guidance,
+                       reference=args.reference or settings.reference, noise=args.noise or settings.noise)
     pipe = DiTHeadPipeline.from_pretrained(args.models, weights=settings.weights, solver=settings.solver,
                                            precision=settings.precision, device=device,
                                            mask=section_config(MaskSettings, params["mask"], "mask"),
@@ -202,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--solver", choices=["ddim", "dpmsolver++"], help="default: sample.solver")
     p.add_argument("--audio-guidance", type=float, help="scale of the audio's effect on the mouth, 1 = off "
                                                         "(default: sample.audio_guidance)")
+    p.add_argument("--reference", choices=["evolving", "fixed"],
+                   help="each frame's reference: the previous frame's latent (evolving, the paper) or the first "
+                        "frame's (fixed); default: sample.reference")
+    p.add_argument("--noise", choices=["per_frame", "shared"],
+                   help="each frame's own starting noise, or one for all (shared); default: sample.noise")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--interpolate", action="store_true", help="also double the frame rate (50 fps)")
     p.add_argument("--params", default="params.yaml", help="the params the models were trained with")

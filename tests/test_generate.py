@@ -348,12 +348,13 @@ def test_generate_command_end_to_end(demo_raw, models, tmp_path, capsys):
     speech = demo_raw / "astronaut_mirrored.wav"
     args = ["generate", "--video", str(demo_raw / "astronaut.mp4"), "--audio", str(speech), "--out", str(out),
             "--models", str(models), "--params", str(params), "--steps", "1"]
-    assert main(args + ["--report", str(report)]) == 0
+    assert main(args + ["--report", str(report), "--reference", "fixed"]) == 0
     frames, fps, audio_s, tags = probe(out)
     assert fps == FPS and frames == round(sf.info(speech).duration * FPS)
     assert tags[wm.SYNTHETIC_TAG] == "true" and wm.detect_video(out)["watermarked"]
     written = json.loads(report.read_text())
     assert written["frames"] == frames and {"preprocess", "model", "encode"} <= set(written["phase_seconds"])
+    assert (written["reference"], written["noise"]) == ("fixed", "per_frame")     # the flag, and params.yaml's default
     assert "time per phase:" in capsys.readouterr().out
 
     missing = tmp_path / "nobody.mp4"
