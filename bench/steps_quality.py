@@ -67,7 +67,8 @@ def eval_config(params: dict) -> EvalConfig:
 def parse_config(text: str, sample: dict) -> dict:
     """``solver:steps[:audio_guidance[:reference[:noise]]]``, the ``sample:`` params filling what is not given."""
     solver, steps, *rest = text.split(":")
-    defaults = [sample.get("audio_guidance", 1.0), sample.get("reference", "evolving"), sample.get("noise", "per_frame")]
+    defaults = [sample.get("audio_guidance", 1.0), sample.get("reference", "evolving"),
+                sample.get("noise", "per_frame")]
     guidance, reference, noise = rest + defaults[len(rest):]
     return {"solver": solver, "steps": int(steps), "audio_guidance": float(guidance), "reference": reference,
             "noise": noise}
