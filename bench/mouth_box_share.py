@@ -15,11 +15,11 @@ import argparse
 
 import numpy as np
 import torch
-import yaml
 
 from dithead.data.mask import lower_face_mask, mouth_box_mask
 from dithead.data.store import ProcessedClip
 from dithead.models.dit import masked_region_weight
+from dithead.params import load_params
 
 LATENT_DOWNSAMPLING = 4     # the VQGANs' f = 4
 
@@ -35,7 +35,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    params = yaml.safe_load(open("params.yaml"))
+    params = load_params()
     mask, dit = params["mask"], params["dit"]
     clip = ProcessedClip(f"data/processed/{args.clip}")
     frames = np.arange(0, int(len(clip) * args.train_fraction), args.every)

@@ -250,7 +250,8 @@ def sample_lockstep(model, scheduler, conditions: FrameConditions, reference: to
             z = _frame_noise(generators, clean_reference.shape[1:], device, clean_reference.dtype) * sched.init_noise_sigma
             last_frame_trajectory = []
             for k, t in enumerate(sched.timesteps):
-                last_frame_trajectory.append(z[-1:])
+                if reference_mode == "evolving":                # only the evolving reference hands it on
+                    last_frame_trajectory.append(z[-1:])
                 if reference_mode == "fixed":
                     refs = clean_reference.expand_as(z)
                 else:                                          # frame i sees frame i-1 at this same step
