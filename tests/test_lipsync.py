@@ -8,6 +8,8 @@ import json
 import math
 import runpy
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +174,17 @@ def test_real_speech_is_found_by_the_bundled_vad_at_any_sample_rate(shared_clips
     resampled = load_audio(shared_clips / "yongen.wav", 44100, peak_normalise=False).samples
     assert np.mean(speech_frames(resampled, 44100, 25, n) == found) > 0.95
     assert not speech_frames(np.zeros(16000, np.float32), 16000, 25, 25).any()
+
+
+def test_the_vad_leaves_torch_on_every_thread_it_had():
+    # silero_vad's import sets one thread for the whole process; a bench that evaluates and then samples
+    # again would go on at a fraction of its speed. A fresh process: the import happens inside the call.
+    script = ("import numpy as np, torch; torch.set_num_threads(2); "
+              "from dithead.metrics.lipsync import speech_frames; "
+              "speech_frames(np.random.default_rng(0).normal(size=16000).astype(np.float32), 16000, 25, 25); "
+              "print(torch.get_num_threads())")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.split()[-1] == "2"
 
 
 # --------------------------------------------------------------------------- degenerate input

@@ -133,11 +133,22 @@ def frame_rms(samples: np.ndarray, sample_rate: int, fps: float, n_frames: int) 
 
 
 @functools.lru_cache(maxsize=1)
-def _vad_model():
-    """silero-vad's TorchScript model, from its wheel (no download); loaded once per process."""
-    from silero_vad import load_silero_vad
+def _silero_vad():
+    """silero-vad's ``get_speech_timestamps`` and TorchScript model, from its wheel (no download); loaded once.
 
-    return load_silero_vad()
+    Importing silero_vad calls ``torch.set_num_threads(1)`` for the whole process: every torch op
+    after the first evaluation (a bench's next sampling run, LPIPS, FID) would then run on one
+    core, slower and with other float rounding. The caller's thread count is put back.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        from silero_vad import get_speech_timestamps, load_silero_vad
+
+        return get_speech_timestamps, load_silero_vad()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def speech_frames(samples: np.ndarray, sample_rate: int, fps: float, n_frames: int) -> np.ndarray:
@@ -148,7 +159,6 @@ def speech_frames(samples: np.ndarray, sample_rate: int, fps: float, n_frames: i
     """
     import torch
     from scipy.signal import resample_poly
-    from silero_vad import get_speech_timestamps
 
     audio = np.array(samples, np.float32)              # a writable copy: torch.from_numpy shares it
     if sample_rate != VAD_RATE:
@@ -158,7 +168,8 @@ def speech_frames(samples: np.ndarray, sample_rate: int, fps: float, n_frames: i
     speech = np.zeros(n_frames, bool)
     if len(audio) < 512 or not np.any(audio):          # shorter than one VAD window, or digital silence
         return speech
-    for segment in get_speech_timestamps(torch.from_numpy(audio), _vad_model(), sampling_rate=VAD_RATE):
+    get_speech_timestamps, model = _silero_vad()
+    for segment in get_speech_timestamps(torch.from_numpy(audio), model, sampling_rate=VAD_RATE):
         first = int(segment["start"] * fps // VAD_RATE)
         last = math.ceil(segment["end"] * fps / VAD_RATE)
         speech[first:last] = True
