@@ -29,7 +29,7 @@ from dithead.models.dit import (DIT_PRESETS, DiTHead, diffusion_loss, dit_config
 from dithead.models.latents import encode_latents
 from dithead.models.vqgan import build_vqmodel
 from dithead.training.dit_data import (DiTDataset, LazyArrays, audio_feature_paths, mirrored_name, precompute_latents,
-                                      target_frames)
+                                      target_frames, translate, view_name)
 from dithead.training.split import split_by_identity
 from dithead.training.train_dit import DiTTrainingConfig, drop_audio, _fingerprint_config, _region_weight
 
@@ -473,6 +473,51 @@ def test_mirrored_items_flip_target_reference_and_masked_frame_together(demo_dat
     half = DiTDataset(clips, rows, LazyArrays(paths), demo_data.features, mirror_probability=0.5, **settings)
     flips = [not torch.equal(half[i]["masked"], plain[i]["masked"]) for i in range(40)]
     assert 8 <= sum(flips) <= 32
+
+
+def test_moved_items_read_the_latents_of_the_moved_faces_and_move_their_pixels_alike(demo_data, tmp_path):
+    """max_translation: each item is moved by whole latent pixels (4 px here), edges repeated; its target and
+    reference are the latents of the moved faces, from caches of their own, not moved latents."""
+    clips = demo_data.clips[:1]
+    clip = clips[0]
+    paths = precompute_latents(demo_data.vq, clips, tmp_path, batch_size=16, mirrored=True, max_translation=1)
+    assert len([key for key in paths if key.split(":")[0] == clip.name]) == 18       # 2 mirrors x 9 moves
+    plain_latents, moved = np.load(paths[clip.name]), np.load(paths[view_name(clip.name, dy=1, dx=-1)])
+    frames = np.flatnonzero(clip.valid)[[0, -1]]
+    stride = clip.crop(0).shape[0] // plain_latents.shape[-1]
+    moved_crops = translate(clip.crops(frames), stride, -stride, axes=(1, 2))
+    np.testing.assert_allclose(moved[frames].astype(np.float32),
+                               encode_latents(demo_data.vq, torch.from_numpy(moved_crops).permute(0, 3, 1, 2)).numpy(),
+                               rtol=2e-3, atol=2e-3)
+    assert not np.allclose(moved[frames], translate(plain_latents[frames], 1, -1, axes=(2, 3)), atol=1e-2)
+
+    rows = target_frames(clips, [clip.name])
+    settings = dict(mask=MaskSettings(kernel_size=9, sigma=2.0, max_shift=2), seed=3)
+    plain = DiTDataset(clips, rows, LazyArrays(paths), demo_data.features, **settings)
+    both = DiTDataset(clips, rows, LazyArrays(paths), demo_data.features, max_translation=1, mirror_probability=0.5,
+                      **settings)
+    views = set()
+    for index in range(16):
+        a, b = plain[index], both[index]
+        frame, reference = int(a["frame"]), int(a["reference_frame"])
+        assert (int(b["frame"]), int(b["reference_frame"])) == (frame, reference)
+        assert torch.equal(b["audio"], a["audio"])
+        found = [(m, dy, dx) for m in (False, True) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+                 if torch.equal(b["masked"], torch.from_numpy(translate(
+                     a["masked"].flip(-1).numpy() if m else a["masked"].numpy(), stride * dy, stride * dx, axes=(1, 2))))]
+        assert found, "the masked frame is not the plain one, mirrored or not, moved by whole latent pixels"
+        mirror, dy, dx = found[0]
+        views.add(found[0])
+        view = np.load(paths[view_name(clip.name, mirror, dy, dx)])
+        np.testing.assert_array_equal(b["latent"].numpy(), view[frame].astype(np.float32))
+        np.testing.assert_array_equal(b["reference"].numpy(), view[reference].astype(np.float32))
+        for key in ("mask", "mouth"):
+            flipped = a[key].flip(-1) if mirror else a[key]
+            assert torch.equal(b[key], torch.from_numpy(translate(flipped.numpy(), stride * dy, stride * dx, axes=(1, 2))))
+    assert len(views) >= 5                                       # items take different views
+    row = np.arange(4.0)[None]
+    np.testing.assert_array_equal(translate(row, 0, 1, axes=(0, 1)), [[0, 0, 1, 2]])    # right, left edge repeated
+    np.testing.assert_array_equal(translate(row, 0, -2, axes=(0, 1)), [[2, 3, 3, 3]])
 
 
 def test_loader_workers_give_the_batches_of_the_main_process(demo_data):

@@ -13,9 +13,10 @@ A training item is one frame k of a clip:
 
 Ground-truth and reference latents never change, so they are encoded once by
 ``precompute_latents`` into a cache of memory-mapped arrays and read from
-there; ``bench/dit.py`` measures what that saves. The one augmentation that
-touches them, a left-right mirror of the whole item (``mirror_probability``),
-reads a second cache of the mirrored frames' latents.
+there; ``bench/dit.py`` measures what that saves. Two augmentations touch
+them, a left-right mirror of the whole item (``mirror_probability``) and a
+move by whole latent pixels (``max_translation``): each mirrored or moved view
+of the faces has a cache of its own latents.
 
 Clips are split by identity (``dithead.training.split``): every clip of a validation
 identity is left out of training. The identity is meta.json's ``identity``
@@ -101,36 +102,52 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def mirrored_name(clip_name: str) -> str:
     """The key of a clip's left-right mirrored latents in ``precompute_latents``' result."""
-    return f"{clip_name}:mirrored"
+    return view_name(clip_name, mirror=True)
+
+
+def view_name(clip_name: str, mirror: bool = False, dy: int = 0, dx: int = 0) -> str:
+    """The key of a clip's latents in ``precompute_latents``' result: its faces as they are, or mirrored
+    left-right and then moved ``dy``, ``dx`` latent pixels (down, right)."""
+    return clip_name + _view_suffix(mirror, dy, dx)
+
+
+def _view_suffix(mirror: bool, dy: int, dx: int) -> str:
+    return (":mirrored" if mirror else "") + (f":moved{dy:+d}{dx:+d}" if (dy, dx) != (0, 0) else "")
 
 
 def precompute_latents(vq, clips: Sequence[ProcessedClip], cache_dir: str | os.PathLike, *, batch_size: int = 32,
-                       accelerator=None, mirrored: bool = False) -> dict[str, Path]:
+                       accelerator=None, mirrored: bool = False, max_translation: int = 0) -> dict[str, Path]:
     """Encode every frame with a face once; returns ``{clip: cache_dir/<clip>.npy}``.
 
     Each file is (N, C, h, w) float16, row k = frame k (zeros where no face).
-    With ``mirrored``, every frame flipped left-right is encoded too, into
-    ``cache_dir/mirrored/<clip>.npy`` under the key ``mirrored_name(clip)``
-    (the encoder is not mirror-symmetric, so flipping a latent is not the
-    latent of the flipped face). A clip whose cache was made by the same
-    weights from the same crops is not encoded again. With an
+    With ``mirrored`` and ``max_translation``, every frame is also encoded
+    flipped left-right and moved by up to ``max_translation`` latent pixels
+    (the encoder's stride in pixels, edges repeated) each way, under the keys
+    ``view_name(clip, mirror, dy, dx)``, in a subfolder per view: the encoder,
+    with its attention and group norms, is neither mirror-symmetric nor
+    shift-equivariant, so a flipped or moved latent is not the latent of the
+    flipped or moved face. A clip whose cache was made by the same weights
+    from the same crops is not encoded again. With an
     ``accelerate.Accelerator``, processes share the work and encode under its
     mixed precision.
     """
     cache_dir = Path(cache_dir)
     model_key = model_fingerprint(vq)
+    stride = 2 ** (len(vq.config.block_out_channels) - 1)
+    offsets = range(-max_translation, max_translation + 1)
+    views = [(mirror, dy, dx) for mirror in ((False, True) if mirrored else (False,)) for dy in offsets for dx in offsets]
     paths = {}
     is_main = accelerator is None or accelerator.is_main_process
     for clip in tqdm(clips, desc="ground-truth latents", unit="clip", disable=not is_main):
-        paths[clip.name] = _cache_clip_latents(vq, clip, cache_dir, model_key, batch_size, accelerator)
-        if mirrored:
-            paths[mirrored_name(clip.name)] = _cache_clip_latents(vq, clip, cache_dir / "mirrored", model_key,
-                                                                  batch_size, accelerator, mirror=True)
+        for mirror, dy, dx in views:
+            view_dir = cache_dir / _view_suffix(mirror, dy, dx).replace(":", "/").strip("/")
+            paths[view_name(clip.name, mirror, dy, dx)] = _cache_clip_latents(
+                vq, clip, view_dir, model_key, batch_size, accelerator, mirror=mirror, move=(stride * dy, stride * dx))
     return paths
 
 
 def _cache_clip_latents(vq, clip: ProcessedClip, cache_dir: Path, model_key: str, batch_size: int, accelerator,
-                        mirror: bool = False) -> Path:
+                        mirror: bool = False, move: tuple[int, int] = (0, 0)) -> Path:
     """``cache_dir/<clip>.npy``, encoded unless its key file says it is up to date."""
     path, key_path = cache_dir / f"{clip.name}.npy", cache_dir / f"{clip.name}.json"
     key = {"model": model_key, "clip": clip.fingerprint()}
@@ -143,8 +160,9 @@ def _cache_clip_latents(vq, clip: ProcessedClip, cache_dir: Path, model_key: str
         raise ValueError(f"clip '{clip.name}' has no frame with a face")
 
     def images(rows: np.ndarray) -> torch.Tensor:
-        batch = torch.from_numpy(clip.crops(rows)).permute(0, 3, 1, 2).to(device)
-        return batch.flip(-1) if mirror else batch
+        crops = clip.crops(rows)
+        crops = crops[:, :, ::-1] if mirror else crops
+        return torch.from_numpy(translate(crops, *move, axes=(1, 2))).permute(0, 3, 1, 2).to(device)
 
     probe = encode_latents(vq, images(frames[:1]))
     tmp = cache_dir / f".{clip.name}.npy.tmp"
@@ -183,7 +201,8 @@ class DiTDataset(Dataset):
     face. Index ``i`` may exceed the length (``dithead.training.run.StepSampler``):
     it reads row ``i % M`` and draws the reference frame, the mask shift and
     whether to mirror the item (target, reference and masked frame together,
-    with probability ``mirror_probability``; the audio stays) from
+    with probability ``mirror_probability``; the audio stays) and how far to
+    move it (``max_translation`` latent pixels at most, each way) from
     ``(seed, i)``, so an item is the same in every run and worker, and differs
     between epochs. Items are dicts of tensors:
     ``latent``, ``reference`` (C, h, w) float32; ``masked`` (3, H, W) uint8;
@@ -193,7 +212,8 @@ class DiTDataset(Dataset):
 
     def __init__(self, clips: Sequence[ProcessedClip], frames: np.ndarray, latents: LazyArrays,
                  features: LazyArrays, *, mask: MaskSettings, min_ref_distance: int = 60,
-                 audio_window: int = 11, mirror_probability: float = 0.0, seed: int = 0):
+                 audio_window: int = 11, mirror_probability: float = 0.0, max_translation: int = 0,
+                 seed: int = 0):
         self.clips = list(clips)
         self.frames = np.asarray(frames, dtype=np.int64).reshape(-1, 2)
         if len(self.frames) == 0:
@@ -204,6 +224,7 @@ class DiTDataset(Dataset):
         self.min_ref_distance = min_ref_distance
         self.audio_window = audio_window
         self.mirror_probability = mirror_probability
+        self.max_translation = max_translation
         self.seed = seed
 
     def __len__(self) -> int:
@@ -219,15 +240,19 @@ class DiTDataset(Dataset):
         mask = lower_face_mask(np.asarray(clip.landmarks[frame]), image.shape[:2], self.mask.kernel_size,
                                self.mask.sigma, shift=shift, region=self.mask.region)
         mouth = mouth_box_mask(np.asarray(clip.landmarks[frame]), image.shape[:2])
-        # Drawn last and only when asked, so runs without mirroring draw the same items as before.
-        if self.mirror_probability > 0 and rng.random() < self.mirror_probability:
-            image, mask, mouth = (np.ascontiguousarray(a[:, ::-1]) for a in (image, mask, mouth))
-            latents = self.latents[mirrored_name(clip.name)]
-        else:
-            latents = self.latents[clip.name]
+        # Drawn last and only when asked, so runs without these augmentations draw the same items as before.
+        mirror = self.mirror_probability > 0 and rng.random() < self.mirror_probability
+        if mirror:
+            image, mask, mouth = (a[:, ::-1] for a in (image, mask, mouth))
+        dy, dx = (int(v) for v in rng.integers(-self.max_translation, self.max_translation + 1, size=2)) \
+            if self.max_translation > 0 else (0, 0)
+        latents = self.latents[view_name(clip.name, mirror, dy, dx)]
+        target, reference_latent = (latents[i].astype(np.float32) for i in (frame, reference))
+        stride = image.shape[0] // target.shape[-2]
+        image, mask, mouth = (translate(a, stride * dy, stride * dx, axes=(0, 1)) for a in (image, mask, mouth))
         return {
-            "latent": torch.from_numpy(latents[frame].astype(np.float32)),
-            "reference": torch.from_numpy(latents[reference].astype(np.float32)),
+            "latent": torch.from_numpy(target),
+            "reference": torch.from_numpy(reference_latent),
             "masked": torch.from_numpy(apply_mask(image, mask)).permute(2, 0, 1).contiguous(),
             "mask": torch.from_numpy(mask)[None],
             "mouth": torch.from_numpy(mouth)[None],
@@ -236,6 +261,15 @@ class DiTDataset(Dataset):
             "frame": torch.tensor(frame),
             "reference_frame": torch.tensor(reference),
         }
+
+
+def translate(array: np.ndarray, dy: int, dx: int, axes: tuple[int, int]) -> np.ndarray:
+    """``array`` moved ``dy`` down ``axes[0]`` and ``dx`` along ``axes[1]``, its edge rows and columns
+    repeated into the gap (a face crop taken a little off centre, with no pixels beyond the crop)."""
+    for axis, offset in zip(axes, (dy, dx)):
+        size = array.shape[axis]
+        array = np.take(array, np.clip(np.arange(size) - offset, 0, size - 1), axis=axis)
+    return np.ascontiguousarray(array)
 
 
 def target_frames(clips: Sequence[ProcessedClip], names: Sequence[str]) -> np.ndarray:

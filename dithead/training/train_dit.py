@@ -64,6 +64,7 @@ class DiTTrainingConfig:
     audio_window: int = 11
     min_ref_distance: int = 60
     mirror_probability: float = 0.0     # training items mirrored left-right (target, reference, masked frame)
+    max_translation: int = 0            # training items moved by up to this many latent pixels each way; 0: never
     split: SplitSettings = field(default_factory=SplitSettings)
     fps: float = 25.0                   # frames per second of the preprocessed clips (time split's gap)
     val_samples: int = 64
@@ -94,7 +95,7 @@ class DiTTrainingConfig:
                     "sample_every": 1, "sample_count": 1, "sample_steps": 1, "checkpoint_every": 0, "workers": 0,
                     "latent_batch_size": 1, "val_samples": 0, "audio_window": 1, "min_ref_distance": 0,
                     "diffusion_steps": 1, "learning_rate": 0, "weight_decay": 0, "ema_decay": 0,
-                    "masked_region_weight": 0, "mouth_weight": 0}
+                    "masked_region_weight": 0, "mouth_weight": 0, "max_translation": 0}
         check_minimums(self, at_least, "dit")
         for name in ("depth", "hidden_size", "num_heads"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
@@ -150,7 +151,8 @@ def _prepare_data(clips: Sequence[ProcessedClip], config: DiTTrainingConfig, fea
     split = make_split(clips, config.split, config.seed, config.fps)
     feature_paths, audio_dim = audio_feature_paths(clips, features_dir)
     latent_paths = precompute_latents(vq_gt, clips, latent_cache_dir, batch_size=config.latent_batch_size,
-                                      accelerator=accelerator, mirrored=config.mirror_probability > 0)
+                                      accelerator=accelerator, mirrored=config.mirror_probability > 0,
+                                      max_translation=config.max_translation)
     latents, features = LazyArrays(latent_paths), LazyArrays(feature_paths)
     common = dict(latents=latents, features=features, min_ref_distance=config.min_ref_distance,
                   audio_window=config.audio_window, seed=config.seed)
@@ -160,7 +162,8 @@ def _prepare_data(clips: Sequence[ProcessedClip], config: DiTTrainingConfig, fea
     train_rows = valid_frames(train_views)
     if len(train_rows) == 0:
         raise ValueError(f"no frames with a face in the training clips {split.train}")
-    train = DiTDataset(train_views, train_rows, mask=mask, mirror_probability=config.mirror_probability, **common)
+    train = DiTDataset(train_views, train_rows, mask=mask, mirror_probability=config.mirror_probability,
+                       max_translation=config.max_translation, **common)
     val_rows = evenly_spaced(held_out_frames(clips, split), config.val_samples)
     # Validation items are fixed: no mask shift, references drawn from the seed (from the training
     # part of the clip under a time split, as a user dubbing their own footage would).
