@@ -138,11 +138,11 @@ def precompute_latents(vq, clips: Sequence[ProcessedClip], cache_dir: str | os.P
     views = [(mirror, dy, dx) for mirror in ((False, True) if mirrored else (False,)) for dy in offsets for dx in offsets]
     paths = {}
     is_main = accelerator is None or accelerator.is_main_process
-    for clip in tqdm(clips, desc="ground-truth latents", unit="clip", disable=not is_main):
-        for mirror, dy, dx in views:
-            view_dir = cache_dir / _view_suffix(mirror, dy, dx).replace(":", "/").strip("/")
-            paths[view_name(clip.name, mirror, dy, dx)] = _cache_clip_latents(
-                vq, clip, view_dir, model_key, batch_size, accelerator, mirror=mirror, move=(stride * dy, stride * dx))
+    todo = [(clip, view) for clip in clips for view in views]
+    for clip, (mirror, dy, dx) in tqdm(todo, desc="ground-truth latents", unit="view", disable=not is_main):
+        view_dir = cache_dir / _view_suffix(mirror, dy, dx).replace(":", "/").strip("/")
+        paths[view_name(clip.name, mirror, dy, dx)] = _cache_clip_latents(
+            vq, clip, view_dir, model_key, batch_size, accelerator, mirror=mirror, move=(stride * dy, stride * dx))
     return paths
 
 
