@@ -22,6 +22,7 @@ from diffusers import VQModel
 
 from dithead.data.store import ProcessedClip
 from dithead.models.latents import encode_latents
+from dithead.models.vqgan import downsample_factor
 from dithead.training.dit_data import translate
 
 
@@ -45,7 +46,7 @@ def main() -> None:
     clip = ProcessedClip(f"data/processed/{args.clip}")
     crops = clip.crops(np.flatnonzero(np.asarray(clip.valid))[::args.every])
     plain = encode(vq, crops)
-    stride = crops.shape[1] // plain.shape[-2]
+    stride = downsample_factor(vq)
     inner = (slice(None), slice(None), slice(args.edge, -args.edge), slice(args.edge, -args.edge))
     rows = []
     for dy, dx in [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]:

@@ -43,6 +43,7 @@ from dithead.data.store import ProcessedClip
 from dithead.fileio import atomic_path
 from dithead.inference.sampling import pick_reference_index
 from dithead.models.latents import encode_latents, model_fingerprint
+from dithead.models.vqgan import downsample_factor
 from dithead.training.split import valid_frames
 
 LATENT_DTYPE = np.float16   # half the disk and page cache of float32; far below the diffusion noise
@@ -133,7 +134,7 @@ def precompute_latents(vq, clips: Sequence[ProcessedClip], cache_dir: str | os.P
     """
     cache_dir = Path(cache_dir)
     model_key = model_fingerprint(vq)
-    stride = 2 ** (len(vq.config.block_out_channels) - 1)
+    stride = downsample_factor(vq)
     offsets = range(-max_translation, max_translation + 1)
     views = [(mirror, dy, dx) for mirror in ((False, True) if mirrored else (False,)) for dy in offsets for dx in offsets]
     paths = {}
