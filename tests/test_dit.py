@@ -27,7 +27,7 @@ from dithead.inference.sampling import pick_reference_index
 from dithead.models.dit import (DIT_PRESETS, DiTHead, diffusion_loss, dit_config, forward_flops, make_noise_scheduler,
                                 masked_region_weight)
 from dithead.models.latents import encode_latents
-from dithead.models.vqgan import build_vqmodel
+from dithead.models.vqgan import build_vqmodel, downsample_factor
 from dithead.training.dit_data import (DiTDataset, LazyArrays, audio_feature_paths, mirrored_name, precompute_latents,
                                       target_frames, translate, view_name)
 from dithead.training.split import split_by_identity
@@ -484,7 +484,7 @@ def test_moved_items_read_the_latents_of_the_moved_faces_and_move_their_pixels_a
     assert len([key for key in paths if key.split(":")[0] == clip.name]) == 18       # 2 mirrors x 9 moves
     plain_latents, moved = np.load(paths[clip.name]), np.load(paths[view_name(clip.name, dy=1, dx=-1)])
     frames = np.flatnonzero(clip.valid)[[0, -1]]
-    stride = clip.crop(0).shape[0] // plain_latents.shape[-1]
+    stride = downsample_factor(demo_data.vq)
     moved_crops = translate(clip.crops(frames), stride, -stride, axes=(1, 2))
     np.testing.assert_allclose(moved[frames].astype(np.float32),
                                encode_latents(demo_data.vq, torch.from_numpy(moved_crops).permute(0, 3, 1, 2)).numpy(),
