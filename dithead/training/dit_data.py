@@ -267,6 +267,8 @@ class DiTDataset(Dataset):
 def translate(array: np.ndarray, dy: int, dx: int, axes: tuple[int, int]) -> np.ndarray:
     """``array`` moved ``dy`` down ``axes[0]`` and ``dx`` along ``axes[1]``, its edge rows and columns
     repeated into the gap (a face crop taken a little off centre, with no pixels beyond the crop)."""
+    if (dy, dx) == (0, 0):
+        return np.ascontiguousarray(array)          # most items: no copy unless mirrored
     for axis, offset in zip(axes, (dy, dx)):
         size = array.shape[axis]
         array = np.take(array, np.clip(np.arange(size) - offset, 0, size - 1), axis=axis)
