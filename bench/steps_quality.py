@@ -36,8 +36,8 @@ from dithead.inference.pipeline import DiTHeadPipeline, SampleSettings
 from dithead.metrics.evaluation import EvalConfig, Evaluator
 from dithead.params import load_params, section_config
 
-COLUMNS = ("audio_guidance", "reference", "noise", "seed", "mouth_open_r", "av_offset", "mouth_open_std_ratio",
-           "mouth_psnr", "lmd", "psnr")
+QUALITY = ("mouth_open_r", "av_offset", "mouth_open_std_ratio", "mouth_psnr", "lmd", "psnr")
+COLUMNS = ("audio_guidance", "reference", "noise", "seed") + QUALITY
 
 
 def parse_args() -> argparse.Namespace:

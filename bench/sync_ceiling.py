@@ -30,7 +30,7 @@ from dithead.inference.pipeline import DiTHeadPipeline, SampleSettings
 from dithead.metrics.evaluation import Evaluator
 from dithead.models.latents import encode_latents, tensor_to_image
 from dithead.params import load_params, section_config
-from steps_quality import COLUMNS, eval_config, held_out_audio, held_out_part, write_results  # noqa: E402  (bench/steps_quality.py)
+from steps_quality import QUALITY, eval_config, held_out_audio, held_out_part, write_results  # noqa: E402  (bench/steps_quality.py)
 
 BATCH = 32
 
@@ -73,11 +73,10 @@ def main() -> None:
             pipe.paste_crops(clip, make(), len(features), Path(work) / "audio.wav", video, settings,
                              frames=(start, stop))
             metrics = evaluator.evaluate(video, Path(clip.meta["source"]["video"]), gt_start=start).report["metrics"]
-            rows.append({"variant": name, **{k: metrics.get(k) for k in COLUMNS if k != "audio_guidance"}})
+            rows.append({"variant": name, **{k: metrics.get(k) for k in QUALITY}})
             print(rows[-1], flush=True)
-    columns = [c for c in COLUMNS if c != "audio_guidance"]
-    text = "\n".join(["| ceiling | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
-                     + [f"| {r['variant']} | " + " | ".join(f"{r[c]:.3f}" for c in columns) + " |" for r in rows])
+    text = "\n".join(["| ceiling | " + " | ".join(QUALITY) + " |", "|" + "---|" * (len(QUALITY) + 1)]
+                     + [f"| {r['variant']} | " + " | ".join(f"{r[c]:.3f}" for c in QUALITY) + " |" for r in rows])
     write_results(args.out, args.clip, (start, stop), rows, text)
 
 
