@@ -68,11 +68,12 @@ def main() -> int:
     perceptual = LPIPS.random_init() if args.perceptual else None
     trainer = VQGANTrainer(accelerator, config, image_size=args.size, perceptual=perceptual)
     images = torch.rand(config.batch_size, 3, args.size, args.size) * 2 - 1
+    pixel_weight = torch.ones(config.batch_size, 1, args.size, args.size)
 
     def run(steps: int, first_step: int) -> None:
         for step in range(first_step, first_step + steps):
             for _ in range(config.gradient_accumulation):
-                trainer.micro_step(images, step)
+                trainer.micro_step(images, pixel_weight, step)
         if accelerator.device.type == "cuda":
             torch.cuda.synchronize()
 

@@ -20,12 +20,13 @@ from diffusers import VQModel
 from safetensors.torch import load_file
 
 from conftest import run_until_sigkill, sigterm_self_when
-from dithead.data.mask import MaskSettings
+from dithead.data.mask import MaskSettings, mouth_box_mask
 from dithead.data.store import list_clips
 from dithead.metrics.image import psnr, ssim
 from dithead.models.vqgan import NLayerDiscriminator, VQAutoencoder, build_vqmodel, downsample_factor
 from dithead.training.run import Checkpointer, GracefulStop, StepSampler, make_accelerator
-from dithead.training.train_vqgan import LossWeights, generator_loss, reconstruction_metrics
+from dithead.training.train_vqgan import LossWeights, generator_loss, reconstruction_metrics, weighted_l1
+from dithead.training.split import valid_frames
 from dithead.training.vqgan_data import FrameDataset, split_frames
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,8 +130,9 @@ def test_generator_loss_trains_the_autoencoder_not_the_discriminator():
     discriminator = NLayerDiscriminator(channels=8, layers=2)
     images = torch.rand(2, 3, 64, 64) * 2 - 1
     reconstruction, codebook_loss, codes = autoencoder(images)
-    loss, logs = generator_loss(images, reconstruction, codebook_loss, weights=LossWeights(perceptual=0.0),
-                                perceptual=None, discriminator=discriminator, last_layer=autoencoder.last_layer)
+    loss, logs = generator_loss(images, reconstruction, codebook_loss, pixel_weight=torch.ones(2, 1, 64, 64),
+                                weights=LossWeights(perceptual=0.0), perceptual=None, discriminator=discriminator,
+                                last_layer=autoencoder.last_layer)
     loss.backward()
     assert codes.shape == (2 * 16 * 16,)
     assert {"l1", "codebook", "adversarial", "disc_weight"} <= set(logs)
@@ -153,7 +155,8 @@ def test_frames_split_and_masked_dataset(processed_demo):
 
     plain = FrameDataset(clips, masked=False, mask=MaskSettings(9, 2.0, 2), seed=0, frames=train)
     masked = FrameDataset(clips, masked=True, mask=MaskSettings(9, 2.0, 2), seed=0, frames=train)
-    image, hidden = plain[0], masked[0]
+    (image, weight), (hidden, _) = plain[0], masked[0]
+    assert weight.shape == (1, 64, 64) and bool((weight == 1).all())
     assert image.shape == (3, 64, 64) and image.dtype == torch.float32
     assert -1.0 <= float(image.min()) and float(image.max()) <= 1.0
     # The mask blacks out (-1) part of the face and leaves the rest as it was.
@@ -162,8 +165,29 @@ def test_frames_split_and_masked_dataset(processed_demo):
     assert float((hidden - image).abs().amax(dim=0).eq(0).float().mean()) > 0.3
     # The same index is the same sample; the same frame in another epoch gets another shift.
     torch.testing.assert_close(masked[5], masked[5])
-    shifts = {masked[5 + epoch * len(masked)].numpy().tobytes() for epoch in range(6)}
+    shifts = {masked[5 + epoch * len(masked)][0].numpy().tobytes() for epoch in range(6)}
     assert len(shifts) > 1
+
+
+def test_mouth_weight_makes_the_lips_of_each_frame_count_more_in_the_reconstruction_loss(processed_demo):
+    clips = list_clips(processed_demo / "data" / "processed")
+    frames = valid_frames(clips)[[0, -1]]
+    weighted = FrameDataset(clips, masked=False, mask=MaskSettings(9, 2.0, 2), seed=0, frames=frames, mouth_weight=4.0)
+    for index, (c, frame) in enumerate(frames):
+        image, weight = weighted[index]
+        box = mouth_box_mask(np.asarray(clips[c].landmarks[frame]), (64, 64))
+        assert 0 < box.mean() < 0.3
+        np.testing.assert_array_equal(weight[0].numpy(), 1 + 3 * box)
+    with pytest.raises(ValueError, match="lips are hidden"):
+        FrameDataset(clips, masked=True, mask=MaskSettings(9, 2.0, 2), seed=0, frames=frames, mouth_weight=4.0)
+
+    # The same error counts 4x more inside the box than outside; with weights of 1 the loss is plain L1.
+    image, weight = (t[None] for t in weighted[0])
+    inside = image + 0.5 * (weight > 1)
+    outside = image + 0.5 * torch.roll(weight > 1, shifts=32, dims=-1)
+    plain = torch.ones_like(weight)
+    assert float(weighted_l1(image, inside, weight)) == pytest.approx(4 * float(weighted_l1(image, outside, weight)))
+    assert float(weighted_l1(image, inside, plain)) == pytest.approx(float((inside - image).abs().mean()))
 
 
 def test_step_sampler_resumes_the_same_order_and_shards_processes():

@@ -5,11 +5,13 @@ encoder, vector quantiser, decoder), saved with ``save_pretrained``. Its
 training objective is taming-transformers' ``VQLPIPSWithDiscriminator``, as
 LDM trains its VQ models:
 
-    L = |x - x̂|  +  w_p · LPIPS(x, x̂)  +  w_q · L_codebook  +  λ · w_d · L_G(D(x̂))
+    L = |x - x̂|_w  +  w_p · LPIPS(x, x̂)  +  w_q · L_codebook  +  λ · w_d · L_G(D(x̂))
 
 with a PatchGAN discriminator D trained with the hinge loss from step
 ``disc_start`` on, and λ the adaptive weight ``‖∇L_rec‖ / ‖∇L_G‖`` taken at the
 decoder's last layer so the adversarial term never drowns the reconstruction.
+|x - x̂|_w is the L1 distance averaged with per-pixel weights: 1 everywhere
+unless ``mouth_weight`` makes the box around the lips count more.
 """
 
 from __future__ import annotations
@@ -72,8 +74,14 @@ def frozen(module: nn.Module):
             p.requires_grad_(flag)
 
 
+def weighted_l1(images: torch.Tensor, reconstruction: torch.Tensor, pixel_weight: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error with (B, 1, H, W) ``pixel_weight``, normalised by the weights' mean: with weights
+    of 1 it is the plain L1, and a weighted region counts more without changing the loss's scale."""
+    return ((images - reconstruction).abs() * pixel_weight).mean() / pixel_weight.mean()
+
+
 def generator_loss(images: torch.Tensor, reconstruction: torch.Tensor, codebook_loss: torch.Tensor, *,
-                   weights: LossWeights, perceptual: nn.Module | None, discriminator: nn.Module | None,
+                   pixel_weight: torch.Tensor, weights: LossWeights, perceptual: nn.Module | None, discriminator: nn.Module | None,
                    last_layer: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The autoencoder's loss and its parts (detached, for logging).
 
@@ -81,7 +89,7 @@ def generator_loss(images: torch.Tensor, reconstruction: torch.Tensor, codebook_
     the plain module (not a DDP wrapper): its parameters are frozen here so
     only the autoencoder receives gradients.
     """
-    l1 = (images - reconstruction).abs().mean()
+    l1 = weighted_l1(images, reconstruction, pixel_weight)
     reconstruction_loss = l1
     logs = {"l1": l1.detach(), "codebook": codebook_loss.detach()}
     if perceptual is not None and weights.perceptual > 0:
@@ -141,12 +149,12 @@ def comparison_grid(originals: np.ndarray, reconstructions: np.ndarray, columns:
 @torch.no_grad()
 def evaluate(vq: VQModel, batches: Iterable[torch.Tensor], device: torch.device,
              autocast=contextlib.nullcontext) -> tuple[dict[str, float], np.ndarray, float]:
-    """Mean PSNR/SSIM on ``batches``, a comparison grid of the first images, and the latents' std."""
+    """Mean PSNR/SSIM on ``batches`` of (images, pixel weights), a comparison grid of the first images, and the latents' std."""
     was_training = vq.training
     vq.eval()
     scores: dict[str, list[float]] = {"psnr": [], "ssim": []}
     grid, latent_sq, latent_sum, latent_n = None, 0.0, 0.0, 0
-    for images in batches:
+    for images, _ in batches:
         images = images.to(device)
         with autocast():
             latents = vq.encode(images).latents
@@ -194,6 +202,7 @@ class VQGANTrainingConfig:
     disc_weight: float = 0.75
     perceptual_weight: float = 1.0
     codebook_weight: float = 1.0
+    mouth_weight: float = 1.0
     mixed_precision: str = "auto"
     # bookkeeping
     log_every: int = 50
@@ -206,7 +215,7 @@ class VQGANTrainingConfig:
     def __post_init__(self):
         at_least = {"steps": 1, "batch_size": 1, "gradient_accumulation": 1, "log_every": 1, "eval_every": 1,
                     "image_every": 1, "checkpoint_every": 0, "val_frames": 0, "workers": 0, "disc_start": 0,
-                    "base_learning_rate": 0, "disc_weight": 0, "perceptual_weight": 0, "codebook_weight": 0}
+                    "base_learning_rate": 0, "disc_weight": 0, "perceptual_weight": 0, "codebook_weight": 0, "mouth_weight": 0}
         check_minimums(self, at_least, "vqgan")
         check_precision(self.mixed_precision, "vqgan.mixed_precision")
 
@@ -241,19 +250,23 @@ class VQGANTrainer:
         self.perceptual = (perceptual.to(accelerator.device).eval().requires_grad_(False)
                            if perceptual is not None else None)
 
-    def micro_step(self, images: torch.Tensor, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def micro_step(self, images: torch.Tensor, pixel_weight: torch.Tensor,
+                   step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """One micro-batch of optimizer step ``step`` (1-based): autoencoder update, then discriminator update.
+
+        ``pixel_weight`` (B, 1, H, W) weights the reconstruction loss (``FrameDataset``).
 
         The optimizers step on the last micro-batch of a gradient-accumulation
         cycle. Returns the detached loss parts and the code indices used.
         """
         accelerator = self.accelerator
         images = images.to(accelerator.device, non_blocking=True)
+        pixel_weight = pixel_weight.to(accelerator.device, non_blocking=True)
         disc_active = step > self.weights.disc_start
         with accelerator.accumulate(self.autoencoder, self.discriminator), accelerator.autocast():
             reconstruction, codebook_loss, codes = self.autoencoder(images)
             loss, logs = generator_loss(
-                images, reconstruction, codebook_loss, weights=self.weights, perceptual=self.perceptual,
+                images, reconstruction, codebook_loss, pixel_weight=pixel_weight, weights=self.weights, perceptual=self.perceptual,
                 discriminator=self.plain_discriminator if disc_active else None,
                 last_layer=self.plain_autoencoder.last_layer)
             accelerator.backward(loss)
@@ -288,7 +301,8 @@ def train_vqgan(clips: Sequence[ProcessedClip], config: VQGANTrainingConfig, *, 
 
     size = crop_size(clips)
     train_rows, val_rows = split_frames(clips, config.val_frames)
-    train_set = FrameDataset(clips, masked=config.masked, mask=config.mask, seed=config.seed, frames=train_rows)
+    train_set = FrameDataset(clips, masked=config.masked, mask=config.mask, seed=config.seed, frames=train_rows,
+                             mouth_weight=_mouth_weight(config))
     val_set = FrameDataset(clips, masked=config.masked, mask=replace(config.mask, max_shift=0), seed=config.seed,
                            frames=val_rows) if len(val_rows) else None
 
@@ -328,7 +342,7 @@ def train_vqgan(clips: Sequence[ProcessedClip], config: VQGANTrainingConfig, *, 
 
     def train_step(step: int) -> None:
         for _ in range(config.gradient_accumulation):
-            logs, codes = trainer.micro_step(next(batches), step)
+            logs, codes = trainer.micro_step(*next(batches), step)
             window.add(logs, codes)
 
     run.loop(step=train_step, train_metrics=lambda step, rate: {**window.means(accelerator), "train/images_per_s": rate},
@@ -352,15 +366,24 @@ def run_fingerprint(config: VQGANTrainingConfig, clips: Sequence[ProcessedClip])
     return {"config": _fingerprint_config(config), "data": {clip.name: clip.fingerprint() for clip in clips}}
 
 
+def _mouth_weight(config: VQGANTrainingConfig) -> float:
+    """The ground-truth VQGAN's lip-box loss weight; the masked VQGAN never sees the lips, so 1 there."""
+    return 1.0 if config.masked else config.mouth_weight
+
+
 def _fingerprint_config(config: VQGANTrainingConfig) -> dict:
-    """The settings a checkpoint depends on (mask settings only matter for the masked VQGAN)."""
-    return {k: v for k, v in checkpoint_settings(asdict(config), _BOOKKEEPING).items()
-            if config.masked or not k.startswith("mask_")}
+    """The settings a checkpoint depends on (mask settings only matter for the masked VQGAN, the mouth
+    weight only for the ground-truth one; at 1 it is the loss of checkpoints made before it existed)."""
+    settings = checkpoint_settings(asdict(config), _BOOKKEEPING)
+    if _mouth_weight(config) == 1:
+        settings.pop("mouth_weight")
+    return {k: v for k, v in settings.items() if config.masked or not k.startswith("mask_")}
 
 
-def _batches_of(dataset: FrameDataset, batch_size: int) -> Iterable[torch.Tensor]:
+def _batches_of(dataset: FrameDataset, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
     for first in range(0, len(dataset), batch_size):
-        yield torch.stack([dataset[i] for i in range(first, min(first + batch_size, len(dataset)))])
+        items = [dataset[i] for i in range(first, min(first + batch_size, len(dataset)))]
+        yield tuple(torch.stack(parts) for parts in zip(*items))
 
 
 class _MetricWindow:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dithead.data.mask import MaskSettings, apply_mask, lower_face_mask, random_shift
+from dithead.data.mask import MaskSettings, apply_mask, lower_face_mask, mouth_box_mask, random_shift
 from dithead.data.store import ProcessedClip
 from dithead.models.latents import image_to_tensor
 from dithead.training.split import valid_frames
@@ -42,7 +42,7 @@ def split_frames(clips: Sequence[ProcessedClip], val_frames: int) -> tuple[np.nd
 
 
 class FrameDataset(Dataset):
-    """Single face crops as float (3, H, W) tensors in [-1, 1].
+    """Single face crops as ``(image, pixel_weight)``: float (3, H, W) in [-1, 1] and float (1, H, W).
 
     With ``masked=True`` the lower face is blacked out with the mask of
     ``dithead.data.mask`` (``mask``: Gaussian edge of ``kernel_size``/``sigma``), moved
@@ -51,12 +51,20 @@ class FrameDataset(Dataset):
     may exceed the length (see ``dithead.training.run.StepSampler``): it reads
     frame ``i % len`` and seeds the shift with ``(seed, i)``, so a sample is
     the same in every run and in any DataLoader worker.
+
+    ``pixel_weight`` is what each pixel counts in the reconstruction loss:
+    ``mouth_weight`` in the box around the frame's lips
+    (``dithead.data.mask.mouth_box_mask``), 1 elsewhere. Only for unmasked
+    frames: a masked frame's lips are hidden.
     """
 
     def __init__(self, clips: Sequence[ProcessedClip], masked: bool, mask: MaskSettings, seed: int,
-                 frames: np.ndarray | None = None):
+                 frames: np.ndarray | None = None, mouth_weight: float = 1.0):
+        if masked and mouth_weight != 1:
+            raise ValueError(f"mouth_weight {mouth_weight}: a masked frame's lips are hidden; use 1")
         self.clips = list(clips)
         self.masked = masked
+        self.mouth_weight = mouth_weight
         self.mask = mask
         self.seed = seed
         self.frames = valid_frames(self.clips) if frames is None else np.asarray(frames, dtype=np.int64)
@@ -66,13 +74,16 @@ class FrameDataset(Dataset):
     def __len__(self) -> int:
         return len(self.frames)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         clip_index, frame = self.frames[index % len(self.frames)]
         clip = self.clips[clip_index]
         image = clip.crop(int(frame))
         if self.masked:
             image = apply_mask(image, self._mask(clip, int(frame), image.shape[:2], index))
-        return image_to_tensor(image)
+        weight = np.ones(image.shape[:2], dtype=np.float32)
+        if self.mouth_weight != 1:
+            weight += (self.mouth_weight - 1) * mouth_box_mask(np.asarray(clip.landmarks[int(frame)]), image.shape[:2])
+        return image_to_tensor(image), torch.from_numpy(weight)[None]
 
     def _mask(self, clip: ProcessedClip, frame: int, size: tuple[int, int], index: int) -> np.ndarray:
         max_shift = self.mask.max_shift
