@@ -288,6 +288,18 @@ def test_run_fingerprint_covers_the_data_not_just_its_length(processed_demo, tmp
     assert run_fingerprint(config, [FrameRangeView(clip, 0, len(clip) - 20)]) != base         # other frames
 
 
+def test_mouth_weight_makes_only_the_ground_truth_vqgans_checkpoints_stale(processed_demo):
+    from dithead.training.train_vqgan import VQGANTrainingConfig, run_fingerprint
+
+    clips = list_clips(processed_demo / "data" / "processed")
+    for masked, stale in ((False, True), (True, False)):       # the masked VQGAN never sees the lips
+        plain = run_fingerprint(VQGANTrainingConfig(masked=masked), clips)
+        weighted = run_fingerprint(VQGANTrainingConfig(masked=masked, mouth_weight=5.0), clips)
+        assert (weighted != plain) is stale
+        # Weight 1 is the loss of checkpoints made before the setting existed: they still resume.
+        assert "mouth_weight" not in plain["config"]
+
+
 def test_checkpointer_resumes_its_own_run_only(tmp_path):
     directory = tmp_path / "checkpoints"
     Checkpointer(FakeAccelerator(), directory, every=10, fingerprint={"lr": 1}).save(10)
