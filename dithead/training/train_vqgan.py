@@ -81,7 +81,8 @@ def weighted_l1(images: torch.Tensor, reconstruction: torch.Tensor, pixel_weight
 
 
 def generator_loss(images: torch.Tensor, reconstruction: torch.Tensor, codebook_loss: torch.Tensor, *,
-                   pixel_weight: torch.Tensor, weights: LossWeights, perceptual: nn.Module | None, discriminator: nn.Module | None,
+                   pixel_weight: torch.Tensor, weights: LossWeights, perceptual: nn.Module | None,
+                   discriminator: nn.Module | None,
                    last_layer: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The autoencoder's loss and its parts (detached, for logging).
 
@@ -147,9 +148,10 @@ def comparison_grid(originals: np.ndarray, reconstructions: np.ndarray, columns:
 
 
 @torch.no_grad()
-def evaluate(vq: VQModel, batches: Iterable[torch.Tensor], device: torch.device,
+def evaluate(vq: VQModel, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
              autocast=contextlib.nullcontext) -> tuple[dict[str, float], np.ndarray, float]:
-    """Mean PSNR/SSIM on ``batches`` of (images, pixel weights), a comparison grid of the first images, and the latents' std."""
+    """Mean PSNR/SSIM on ``batches`` of (images, pixel weights), a comparison grid of the first images,
+    and the latents' std."""
     was_training = vq.training
     vq.eval()
     scores: dict[str, list[float]] = {"psnr": [], "ssim": []}
@@ -215,7 +217,8 @@ class VQGANTrainingConfig:
     def __post_init__(self):
         at_least = {"steps": 1, "batch_size": 1, "gradient_accumulation": 1, "log_every": 1, "eval_every": 1,
                     "image_every": 1, "checkpoint_every": 0, "val_frames": 0, "workers": 0, "disc_start": 0,
-                    "base_learning_rate": 0, "disc_weight": 0, "perceptual_weight": 0, "codebook_weight": 0, "mouth_weight": 0}
+                    "base_learning_rate": 0, "disc_weight": 0, "perceptual_weight": 0, "codebook_weight": 0,
+                    "mouth_weight": 0}
         check_minimums(self, at_least, "vqgan")
         check_precision(self.mixed_precision, "vqgan.mixed_precision")
 
@@ -266,8 +269,8 @@ class VQGANTrainer:
         with accelerator.accumulate(self.autoencoder, self.discriminator), accelerator.autocast():
             reconstruction, codebook_loss, codes = self.autoencoder(images)
             loss, logs = generator_loss(
-                images, reconstruction, codebook_loss, pixel_weight=pixel_weight, weights=self.weights, perceptual=self.perceptual,
-                discriminator=self.plain_discriminator if disc_active else None,
+                images, reconstruction, codebook_loss, pixel_weight=pixel_weight, weights=self.weights,
+                perceptual=self.perceptual, discriminator=self.plain_discriminator if disc_active else None,
                 last_layer=self.plain_autoencoder.last_layer)
             accelerator.backward(loss)
             self.opt_ae.step()
