@@ -186,7 +186,9 @@ def test_mouth_weight_makes_the_lips_of_each_frame_count_more_in_the_reconstruct
     inside = image + 0.5 * (weight > 1)
     outside = image + 0.5 * torch.roll(weight > 1, shifts=32, dims=-1)
     plain = torch.ones_like(weight)
-    assert float(weighted_l1(image, inside, weight)) == pytest.approx(4 * float(weighted_l1(image, outside, weight)))
+    # float32 sums of ~10^4 terms: a tolerance any CPU's reduction order meets
+    four_times = 4 * float(weighted_l1(image, outside, weight))
+    assert float(weighted_l1(image, inside, weight)) == pytest.approx(four_times, rel=1e-4)
     assert float(weighted_l1(image, inside, plain)) == pytest.approx(float((inside - image).abs().mean()))
 
 
