@@ -31,7 +31,8 @@ from dithead.models.vqgan import build_vqmodel, downsample_factor
 from dithead.training.dit_data import (DiTDataset, LazyArrays, audio_feature_paths, mirrored_name, precompute_latents,
                                       target_frames, translate, view_name)
 from dithead.training.split import split_by_identity
-from dithead.training.train_dit import DiTTrainingConfig, drop_audio, _fingerprint_config, _region_weight
+from dithead.training.train_dit import (DiTTrainingConfig, drop_audio, parameter_groups, _fingerprint_config,
+                                       _region_weight)
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE = REPO / "stages" / "train_dit.py"
@@ -572,6 +573,7 @@ def test_audio_features_must_exist_and_match_the_clip(demo_data, tmp_path):
     ("dropout", 1.0, r"dit\.dropout must be in \[0, 1\), not 1\.0"),
     ("audio_dropout", -0.1, r"dit\.audio_dropout must be in \[0, 1\], not -0\.1"),
     ("mirror_probability", 1.5, r"dit\.mirror_probability must be in \[0, 1\], not 1\.5"),
+    ("audio_learning_rate_scale", -1, r"dit\.audio_learning_rate_scale must be >= 0, not -1"),
 ])
 def test_training_config_names_the_bad_param(key, value, message):
     with pytest.raises(ValueError, match=message):
@@ -591,12 +593,36 @@ def test_audio_dropout_replaces_whole_windows_by_the_guidance_null():
     assert (drop_audio(audio, mean, 1.0, torch.Generator().manual_seed(0)) == mean).all()
 
 
+@pytest.mark.parametrize("audio_adaln", [False, True])
+def test_the_audio_path_learns_at_its_own_rate(audio_adaln):
+    model = tiny_model(adaln=audio_adaln, audio_adaln=audio_adaln)
+    config = DiTTrainingConfig(learning_rate=1e-3, audio_learning_rate_scale=5.0)
+    rest, audio = parameter_groups(model, config)
+    names = {id(p): name for name, p in model.named_parameters()}
+    audio_names = {names[id(p)] for p in audio["params"]}
+    expected = {"audio_pos", "audio_proj.weight", "audio_proj.bias"}
+    if audio_adaln:
+        expected |= {f"audio_embedder.{i}.{kind}" for i in (0, 2) for kind in ("weight", "bias")}
+    assert audio_names == expected
+    assert sorted(names[id(p)] for p in rest["params"] + audio["params"]) == sorted(names.values())  # each once
+    # One AdamW step on the same gradient everywhere: the audio path moves 5x as far as the rest.
+    optimizer = torch.optim.AdamW([rest, audio], weight_decay=0.0)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    moved = {name: (p.detach() - before[name]).abs().max().item() for name, p in model.named_parameters()}
+    assert moved["audio_proj.weight"] == pytest.approx(5e-3, rel=1e-3)
+    assert moved["patch_embed.proj.weight"] == pytest.approx(1e-3, rel=1e-3)
+
+
 def test_bookkeeping_params_keep_checkpoints_valid():
     base = _fingerprint_config(DiTTrainingConfig())
     bookkeeping = dict(steps=500_000, log_every=1, val_every=7, sample_every=7, sample_count=2, sample_steps=5,
                        checkpoint_every=0, workers=0, latent_batch_size=8)
     assert _fingerprint_config(DiTTrainingConfig(**bookkeeping)) == base      # a longer run continues a shorter one
-    for key, value in dict(learning_rate=2e-4, batch_size=16, preset="DiT-B/2", min_ref_distance=30).items():
+    for key, value in dict(learning_rate=2e-4, batch_size=16, preset="DiT-B/2", min_ref_distance=30,
+                           audio_learning_rate_scale=5.0).items():
         assert _fingerprint_config(DiTTrainingConfig(**{key: value})) != base, key
 
 

@@ -177,6 +177,11 @@ class DiTHead(ModelMixin, AttentionMixin, ConfigMixin):
         audio_tokens = self.audio_proj(self.standardise_audio(audio)) + self.audio_pos
         return torch.cat([audio_tokens, timestep_embedding[:, None].to(audio_tokens.dtype)], dim=1)
 
+    def audio_parameters(self) -> list[nn.Parameter]:
+        """The weights only the audio passes through: its token map and positions, and its adaLN embedder."""
+        modules = [self.audio_proj] + ([self.audio_embedder] if self.config.audio_adaln else [])
+        return [self.audio_pos] + [p for module in modules for p in module.parameters()]
+
     def standardise_audio(self, audio: torch.Tensor) -> torch.Tensor:
         """(B, audio_window, audio_dim) raw features -> standardised, in the model's dtype."""
         audio = (audio.to(self.audio_mean.dtype) - self.audio_mean) / self.audio_std

@@ -74,6 +74,7 @@ class DiTTrainingConfig:
     masked_region_weight: float = 1.0   # loss weight of the hidden lower face against the rest; 1: the paper's MSE
     mouth_weight: float = 1.0           # and of the box around the lips on top of that; 1: no extra weight
     learning_rate: float = 1e-4
+    audio_learning_rate_scale: float = 1.0  # the audio path's learning rate over learning_rate; 1: one rate for all
     weight_decay: float = 0.0
     batch_size: int = 32                # per process and micro-step
     gradient_accumulation: int = 2
@@ -94,7 +95,7 @@ class DiTTrainingConfig:
         at_least = {"steps": 1, "batch_size": 1, "gradient_accumulation": 1, "log_every": 1, "val_every": 1,
                     "sample_every": 1, "sample_count": 1, "sample_steps": 1, "checkpoint_every": 0, "workers": 0,
                     "latent_batch_size": 1, "val_samples": 0, "audio_window": 1, "min_ref_distance": 0,
-                    "diffusion_steps": 1, "learning_rate": 0, "weight_decay": 0, "ema_decay": 0,
+                    "diffusion_steps": 1, "learning_rate": 0, "audio_learning_rate_scale": 0, "weight_decay": 0, "ema_decay": 0,
                     "masked_region_weight": 0, "mouth_weight": 0, "max_translation": 0}
         check_minimums(self, at_least, "dit")
         for name in ("depth", "hidden_size", "num_heads"):
@@ -190,6 +191,16 @@ def build_model(config: DiTTrainingConfig, latent_shape: tuple[int, int, int], a
     if config.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     return model
+
+
+def parameter_groups(model: DiTHead, config: DiTTrainingConfig) -> list[dict]:
+    """AdamW groups: the audio path (``DiTHead.audio_parameters``) at ``learning_rate x
+    audio_learning_rate_scale``, the rest at ``learning_rate``. Each group ends up with its own
+    ``lr``, so a checkpoint saved with one scale resumes with it (the fingerprint has the scale)."""
+    audio = {id(p) for p in model.audio_parameters()}
+    rest = [p for p in model.parameters() if id(p) not in audio]
+    return [{"params": rest, "lr": config.learning_rate},
+            {"params": list(model.audio_parameters()), "lr": config.learning_rate * config.audio_learning_rate_scale}]
 
 
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -331,7 +342,7 @@ def train_dit(clips: Sequence[ProcessedClip], config: DiTTrainingConfig, *, feat
     model = build_model(config, data.latent_shape, data.audio_dim)
     model.set_audio_statistics(training_audio(data.train))
     ema = EMAModel(model.parameters(), decay=config.ema_decay, foreach=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(model, config), weight_decay=config.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(ema)
 
