@@ -7,6 +7,7 @@ Run in a project folder after `dvc repro` (a time split: the held-out end of a c
     python bench/steps_quality.py --clip cnn_anchor --configs ddim:25:1 ddim:25:2 ddim:25:3   # audio guidance
     python bench/steps_quality.py --clip macron --seeds 0 1 2 \
         --configs dpmsolver++:10:4:evolving:per_frame dpmsolver++:10:4:fixed:shared      # reference and noise
+    python bench/steps_quality.py --clip macron --weights raw       # the DiT's last weights, not their EMA
 
 For each ``solver:steps[:audio_guidance[:reference[:noise]]]`` (the ``sample:`` params where not
 given) and each of ``--seeds`` it samples the clip's held-out frames (or the first
@@ -45,6 +46,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--clip", required=True, help="a clip of data/processed with a held-out part in models/dit/split.json")
     p.add_argument("--configs", nargs="+", default=["ddim:250", "ddim:50", "ddim:25", "dpmsolver++:20", "dpmsolver++:10"])
     p.add_argument("--seeds", type=int, nargs="+", help="sampling seeds, each config run once per seed (default: seed)")
+    p.add_argument("--weights", choices=["ema", "raw"], help="the DiT's weights to sample with (default: sample.weights)")
     p.add_argument("--frames", type=int, default=0, help="score only the first N held-out frames (0: all)")
     p.add_argument("--out", default="metrics/steps_quality.json")
     return p.parse_args()
@@ -92,7 +94,7 @@ def run_config(config: dict, seed: int, params: dict, clip: ProcessedClip, frame
     seconds = time.perf_counter() - start
     source = Path(clip.meta["source"]["video"])
     metrics = Evaluator({}, eval_config(params)).evaluate(video, source, gt_start=frames[0]).report["metrics"]
-    return {**config, "seed": seed, "frames": report["frames"], "reference_frame": report["reference_frame"],
+    return {**config, "seed": seed, "weights": params["sample"]["weights"], "frames": report["frames"], "reference_frame": report["reference_frame"],
             "seconds": round(seconds, 1), "frames_per_second": round(report["frames"] / seconds, 2),
             **{k: metrics.get(k) for k in COLUMNS if k in metrics}}
 
@@ -139,6 +141,7 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     args = parse_args()
     params = load_params()
+    params["sample"]["weights"] = args.weights or params["sample"]["weights"]
     clip, (start, stop), reference = held_out_part(args.clip)
     if args.frames:
         stop = min(stop, start + args.frames)
