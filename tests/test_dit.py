@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import signal
@@ -29,9 +30,9 @@ from dithead.models.dit import (DIT_PRESETS, DiTHead, diffusion_loss, dit_config
 from dithead.models.latents import encode_latents
 from dithead.models.vqgan import build_vqmodel, downsample_factor
 from dithead.training.dit_data import (DiTDataset, LazyArrays, audio_feature_paths, mirrored_name, precompute_latents,
-                                      target_frames, translate, view_name)
-from dithead.training.split import split_by_identity
-from dithead.training.train_dit import (DiTTrainingConfig, drop_audio, parameter_groups, _fingerprint_config,
+                                      masked_view_name, target_frames, translate, view_name)
+from dithead.training.split import FrameRangeView, split_by_identity
+from dithead.training.train_dit import (DiTTrainingConfig, drop_audio, parameter_groups, _conditions, _fingerprint_config,
                                        _region_weight)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -476,6 +477,42 @@ def test_mirrored_items_flip_target_reference_and_masked_frame_together(demo_dat
     assert 8 <= sum(flips) <= 32
 
 
+def test_cached_masked_latents_are_the_latents_of_each_items_masked_frame(demo_data, tmp_path):
+    """dit.cache_masked_latents: every mask shift, mirrored or not, is encoded once; each training item then
+    brings the latent of exactly the masked frame it shows, as the masked VQGAN would encode it."""
+    clips = [FrameRangeView(demo_data.clips[0], 0, 24)]                     # 24 frames: enough, and fast
+    mask = MaskSettings(kernel_size=9, sigma=2.0, max_shift=1)
+    paths = precompute_latents(demo_data.vq, clips, tmp_path, batch_size=16, mirrored=True, mask=mask)
+    assert len(paths) == 18                                                  # 9 shifts x 2 mirrors
+    rows = target_frames(clips, [clips[0].name])
+    latents = LazyArrays(precompute_latents(demo_data.vq, clips, tmp_path / "faces", batch_size=16, mirrored=True))
+    dataset = DiTDataset(clips, rows, latents, demo_data.features, mask=mask, mirror_probability=0.5,
+                         seed=3, masked_latents=LazyArrays(paths))
+    items = [dataset[i] for i in range(12)]
+    masked = torch.stack([item["masked"] for item in items])
+    np.testing.assert_allclose(torch.stack([item["masked_latent"] for item in items]).numpy(),
+                               encode_latents(demo_data.vq, masked).numpy(), rtol=2e-3, atol=2e-3)
+    assert len({item["masked"].numpy().tobytes() for item in items}) == 12
+    assert "masked_latent" not in DiTDataset(clips, rows, latents, demo_data.features, mask=mask)[0]
+    cache_time = {p: p.stat().st_mtime_ns for p in paths.values()}
+    assert precompute_latents(demo_data.vq, clips, tmp_path, batch_size=16, mirrored=True, mask=mask) == paths
+    assert {p: p.stat().st_mtime_ns for p in paths.values()} == cache_time            # reused, not encoded again
+    wider = precompute_latents(demo_data.vq, clips, tmp_path, batch_size=16, mask=MaskSettings(kernel_size=15, max_shift=0))
+    assert wider[masked_view_name(clips[0].name, (0, 0))].stat().st_mtime_ns > \
+        cache_time[paths[masked_view_name(clips[0].name, (0, 0))]]                      # another mask: encoded anew
+
+
+def test_training_takes_cached_masked_latents_instead_of_encoding(demo_data):
+    batch = {"latent": torch.zeros(2, 3, 16, 16), "reference": torch.zeros(2, 3, 16, 16),
+             "audio": torch.zeros(2, 11, 8), "masked": torch.zeros(2, 3, 64, 64, dtype=torch.uint8),
+             "masked_latent": torch.randn(2, 3, 16, 16)}
+    vq = SimpleNamespace()                                   # no encoder: using it would raise
+    assert _conditions(batch, vq, contextlib.nullcontext)["masked"] is batch["masked_latent"]
+    del batch["masked_latent"]
+    encoded = _conditions(batch, demo_data.vq, contextlib.nullcontext)["masked"]
+    torch.testing.assert_close(encoded, encode_latents(demo_data.vq, batch["masked"]).float())
+
+
 def test_moved_items_read_the_latents_of_the_moved_faces_and_move_their_pixels_alike(demo_data, tmp_path):
     """max_translation: each item is moved by whole latent pixels (4 px here), edges repeated; its target and
     reference are the latents of the moved faces, from caches of their own, not moved latents."""
@@ -719,7 +756,7 @@ def test_time_split_trains_on_each_clips_start_and_validates_on_its_end(processe
     params["split"].update(mode="time", val_fraction=0.25, gap_seconds=0.4)
     # The personal profile's model options ride along: the audio in adaLN, the hidden region weighted.
     params["dit"].update(steps=10, val_every=10, sample_every=10, checkpoint_every=0,
-                         adaln=True, audio_adaln=True, masked_region_weight=5.0)
+                         adaln=True, audio_adaln=True, masked_region_weight=5.0, cache_masked_latents=True)
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
     import dithead.training.train_dit
 
@@ -740,6 +777,12 @@ def test_time_split_trains_on_each_clips_start_and_validates_on_its_end(processe
     n = len(np.load(workdir / "data" / "features" / "astronaut.npy"))
     assert split["validation_frames"]["astronaut"] == [n - round(n * 0.25), n]
     assert split["train_frames"]["astronaut"] == [0, n - round(n * 0.25) - 10]           # 0.4 s gap at 25 fps
+    # The masked frames' latents were cached for every mask shift, of the training frames only.
+    masked_cache = sorted((workdir / "checkpoints" / "train_dit_latents" / "masked").rglob("astronaut.npy"))
+    assert len(masked_cache) == 9                                                         # 1 px shift: 3 x 3
+    cached = np.load(masked_cache[0]).astype(np.float32)
+    stop = split["train_frames"]["astronaut"][1]
+    assert np.abs(cached[:stop]).sum(axis=(1, 2, 3)).min() > 0 and not cached[stop:].any()
     # The audio standardisation comes from the training frames alone.
     model = DiTHead.from_pretrained(workdir / "models" / "dit" / "ema")
     assert model.config.audio_adaln

@@ -7,8 +7,10 @@ A training item is one frame k of a clip:
   ``min_ref_distance`` frames away (``dithead.inference.sampling.pick_reference_index``,
   the rule inference picks the first frame's reference by),
 * the frame with its lower face masked, the mask moved by a random shift
-  (paper 3.6), still as pixels: the masked VQGAN encodes it on the GPU, since a
-  new shift every time means a new latent every time,
+  (paper 3.6), as pixels: the masked VQGAN encodes it on the GPU, since a
+  new shift every time means a new latent every time (the paper's 4 px shift:
+  81 of them); with a small shift, ``precompute_latents(..., mask=...)`` can
+  encode every shift once instead, and the item also carries its latent,
 * the audio window of frame k (``dithead.data.audio_features.audio_windows``).
 
 Ground-truth and reference latents never change, so they are encoded once by
@@ -26,6 +28,7 @@ when present, else the clip name.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -112,12 +115,23 @@ def view_name(clip_name: str, mirror: bool = False, dy: int = 0, dx: int = 0) ->
     return clip_name + _view_suffix(mirror, dy, dx)
 
 
+def masked_view_name(clip_name: str, shift: tuple[int, int], mirror: bool = False, dy: int = 0, dx: int = 0) -> str:
+    """The key of a clip's masked-frame latents in ``precompute_latents(..., mask=...)``' result: the lower
+    face masked with the mask moved by ``shift`` (``lower_face_mask``'s), then the view of ``view_name``."""
+    return view_name(clip_name, mirror, dy, dx) + _mask_suffix(shift)
+
+
 def _view_suffix(mirror: bool, dy: int, dx: int) -> str:
     return (":mirrored" if mirror else "") + (f":moved{dy:+d}{dx:+d}" if (dy, dx) != (0, 0) else "")
 
 
+def _mask_suffix(shift: tuple[int, int] | None) -> str:
+    return "" if shift is None else f":mask{shift[0]:+d}{shift[1]:+d}"
+
+
 def precompute_latents(vq, clips: Sequence[ProcessedClip], cache_dir: str | os.PathLike, *, batch_size: int = 32,
-                       accelerator=None, mirrored: bool = False, max_translation: int = 0) -> dict[str, Path]:
+                       accelerator=None, mirrored: bool = False, max_translation: int = 0,
+                       mask: MaskSettings | None = None) -> dict[str, Path]:
     """Encode every frame with a face once; returns ``{clip: cache_dir/<clip>.npy}``.
 
     Each file is (N, C, h, w) float16, row k = frame k (zeros where no face).
@@ -131,27 +145,41 @@ def precompute_latents(vq, clips: Sequence[ProcessedClip], cache_dir: str | os.P
     from the same crops is not encoded again. With an
     ``accelerate.Accelerator``, processes share the work and encode under its
     mixed precision.
+
+    With ``mask``, it encodes the masked frames instead (the masked VQGAN's
+    inputs): the lower face masked as ``DiTDataset`` masks it, once per mask
+    shift in [-max_shift, max_shift] each way, under the keys
+    ``masked_view_name(clip, shift, mirror, dy, dx)``: (2 max_shift + 1)^2
+    times the views above.
     """
     cache_dir = Path(cache_dir)
     model_key = model_fingerprint(vq)
     stride = downsample_factor(vq)
     offsets = range(-max_translation, max_translation + 1)
     views = [(mirror, dy, dx) for mirror in ((False, True) if mirrored else (False,)) for dy in offsets for dx in offsets]
+    shifts = [None] if mask is None else \
+        [(a, b) for a in range(-mask.max_shift, mask.max_shift + 1) for b in range(-mask.max_shift, mask.max_shift + 1)]
     paths = {}
     is_main = accelerator is None or accelerator.is_main_process
-    todo = [(clip, view) for clip in clips for view in views]
-    for clip, (mirror, dy, dx) in tqdm(todo, desc="ground-truth latents", unit="view", disable=not is_main):
-        view_dir = cache_dir / _view_suffix(mirror, dy, dx).replace(":", "/").strip("/")
-        paths[view_name(clip.name, mirror, dy, dx)] = _cache_clip_latents(
-            vq, clip, view_dir, model_key, batch_size, accelerator, mirror=mirror, move=(stride * dy, stride * dx))
+    todo = [(clip, view, shift) for clip in clips for view in views for shift in shifts]
+    desc = "ground-truth latents" if mask is None else "masked latents"
+    for clip, (mirror, dy, dx), shift in tqdm(todo, desc=desc, unit="view", disable=not is_main):
+        suffix = _view_suffix(mirror, dy, dx) + _mask_suffix(shift)
+        masking = None if shift is None else (mask, shift)
+        paths[clip.name + suffix] = _cache_clip_latents(
+            vq, clip, cache_dir / suffix.replace(":", "/").strip("/"), model_key, batch_size, accelerator,
+            mirror=mirror, move=(stride * dy, stride * dx), masking=masking)
     return paths
 
 
 def _cache_clip_latents(vq, clip: ProcessedClip, cache_dir: Path, model_key: str, batch_size: int, accelerator,
-                        mirror: bool = False, move: tuple[int, int] = (0, 0)) -> Path:
+                        mirror: bool = False, move: tuple[int, int] = (0, 0),
+                        masking: tuple[MaskSettings, tuple[int, int]] | None = None) -> Path:
     """``cache_dir/<clip>.npy``, encoded unless its key file says it is up to date."""
     path, key_path = cache_dir / f"{clip.name}.npy", cache_dir / f"{clip.name}.json"
     key = {"model": model_key, "clip": clip.fingerprint()}
+    if masking is not None:
+        key["mask"] = {**dataclasses.asdict(masking[0]), "shift": list(masking[1])}
     if path.is_file() and key_path.is_file() and json.loads(key_path.read_text(encoding="utf-8")) == key:
         return path
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
@@ -162,6 +190,9 @@ def _cache_clip_latents(vq, clip: ProcessedClip, cache_dir: Path, model_key: str
 
     def images(rows: np.ndarray) -> torch.Tensor:
         crops = clip.crops(rows)
+        if masking is not None:
+            crops = np.stack([apply_mask(crop, _lower_face_mask(clip, row, crop.shape[:2], *masking))
+                              for crop, row in zip(crops, rows)])
         crops = crops[:, :, ::-1] if mirror else crops
         return torch.from_numpy(translate(crops, *move, axes=(1, 2))).permute(0, 3, 1, 2).to(device)
 
@@ -187,6 +218,13 @@ def _cache_clip_latents(vq, clip: ProcessedClip, cache_dir: Path, model_key: str
     return path
 
 
+def _lower_face_mask(clip: ProcessedClip, frame: int, size: tuple[int, int], mask: MaskSettings,
+                     shift: tuple[int, int]) -> np.ndarray:
+    """Frame ``frame``'s training mask, moved by ``shift``: the one place the DiT's data draws it."""
+    return lower_face_mask(np.asarray(clip.landmarks[frame]), size, mask.kernel_size, mask.sigma, shift=shift,
+                           region=mask.region)
+
+
 def _barrier(accelerator) -> None:
     if accelerator is not None:
         accelerator.wait_for_everyone()
@@ -208,13 +246,15 @@ class DiTDataset(Dataset):
     between epochs. Items are dicts of tensors:
     ``latent``, ``reference`` (C, h, w) float32; ``masked`` (3, H, W) uint8;
     ``mask`` (1, H, W) float32, 1 where hidden; ``mouth`` (1, H, W) float32, 1 in the box around the
-    target's lips (``dithead.data.mask.mouth_box_mask``); ``audio`` (audio_window, D) float32; ``clip``, ``frame``, ``reference_frame`` int.
+    target's lips (``dithead.data.mask.mouth_box_mask``); ``audio`` (audio_window, D) float32; ``clip``, ``frame``, ``reference_frame`` int;
+    with ``masked_latents`` (from ``precompute_latents(..., mask=...)``), also ``masked_latent`` (C, h, w)
+    float32: the latent of ``masked``, read from that cache.
     """
 
     def __init__(self, clips: Sequence[ProcessedClip], frames: np.ndarray, latents: LazyArrays,
                  features: LazyArrays, *, mask: MaskSettings, min_ref_distance: int = 60,
                  audio_window: int = 11, mirror_probability: float = 0.0, max_translation: int = 0,
-                 seed: int = 0):
+                 seed: int = 0, masked_latents: LazyArrays | None = None):
         self.clips = list(clips)
         self.frames = np.asarray(frames, dtype=np.int64).reshape(-1, 2)
         if len(self.frames) == 0:
@@ -227,6 +267,7 @@ class DiTDataset(Dataset):
         self.mirror_probability = mirror_probability
         self.max_translation = max_translation
         self.seed = seed
+        self.masked_latents = masked_latents
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -238,8 +279,7 @@ class DiTDataset(Dataset):
         reference = pick_reference_index(len(clip), frame, rng, self.min_ref_distance, np.asarray(clip.valid))
         shift = random_shift(rng, self.mask.max_shift) if self.mask.max_shift > 0 else (0, 0)
         image = clip.crop(frame)
-        mask = lower_face_mask(np.asarray(clip.landmarks[frame]), image.shape[:2], self.mask.kernel_size,
-                               self.mask.sigma, shift=shift, region=self.mask.region)
+        mask = _lower_face_mask(clip, frame, image.shape[:2], self.mask, shift)
         mouth = mouth_box_mask(np.asarray(clip.landmarks[frame]), image.shape[:2])
         # Drawn last and only when asked, so runs without these augmentations draw the same items as before.
         mirror = self.mirror_probability > 0 and rng.random() < self.mirror_probability
@@ -251,7 +291,7 @@ class DiTDataset(Dataset):
         target, reference_latent = (latents[i].astype(np.float32) for i in (frame, reference))
         stride = image.shape[0] // target.shape[-2]
         image, mask, mouth = (translate(a, stride * dy, stride * dx, axes=(0, 1)) for a in (image, mask, mouth))
-        return {
+        item = {
             "latent": torch.from_numpy(target),
             "reference": torch.from_numpy(reference_latent),
             "masked": torch.from_numpy(apply_mask(image, mask)).permute(2, 0, 1).contiguous(),
@@ -262,6 +302,10 @@ class DiTDataset(Dataset):
             "frame": torch.tensor(frame),
             "reference_frame": torch.tensor(reference),
         }
+        if self.masked_latents is not None:
+            cached = self.masked_latents[masked_view_name(clip.name, shift, mirror, dy, dx)]
+            item["masked_latent"] = torch.from_numpy(cached[frame].astype(np.float32))
+        return item
 
 
 def translate(array: np.ndarray, dy: int, dx: int, axes: tuple[int, int]) -> np.ndarray:

@@ -65,6 +65,7 @@ class DiTTrainingConfig:
     min_ref_distance: int = 60
     mirror_probability: float = 0.0     # training items mirrored left-right (target, reference, masked frame)
     max_translation: int = 0            # training items moved by up to this many latent pixels each way; 0: never
+    cache_masked_latents: bool = False  # encode every mask shift of every training frame once, not every item
     split: SplitSettings = field(default_factory=SplitSettings)
     fps: float = 25.0                   # frames per second of the preprocessed clips (time split's gap)
     val_samples: int = 64
@@ -148,7 +149,7 @@ class _Data:
 
 
 def _prepare_data(clips: Sequence[ProcessedClip], config: DiTTrainingConfig, features_dir: Path,
-                  vq_gt: VQModel, latent_cache_dir: Path, accelerator) -> _Data:
+                  vq_gt: VQModel, vq_masked: VQModel, latent_cache_dir: Path, accelerator) -> _Data:
     split = make_split(clips, config.split, config.seed, config.fps)
     feature_paths, audio_dim = audio_feature_paths(clips, features_dir)
     latent_paths = precompute_latents(vq_gt, clips, latent_cache_dir, batch_size=config.latent_batch_size,
@@ -163,8 +164,13 @@ def _prepare_data(clips: Sequence[ProcessedClip], config: DiTTrainingConfig, fea
     train_rows = valid_frames(train_views)
     if len(train_rows) == 0:
         raise ValueError(f"no frames with a face in the training clips {split.train}")
+    masked_latents = None
+    if config.cache_masked_latents:                                 # the training frames' only
+        masked_latents = LazyArrays(precompute_latents(
+            vq_masked, train_views, latent_cache_dir / "masked", batch_size=config.latent_batch_size, accelerator=accelerator,
+            mirrored=config.mirror_probability > 0, max_translation=config.max_translation, mask=mask))
     train = DiTDataset(train_views, train_rows, mask=mask, mirror_probability=config.mirror_probability,
-                       max_translation=config.max_translation, **common)
+                       max_translation=config.max_translation, masked_latents=masked_latents, **common)
     val_rows = evenly_spaced(held_out_frames(clips, split), config.val_samples)
     # Validation items are fixed: no mask shift, references drawn from the seed (from the training
     # part of the clip under a time split, as a user dubbing their own footage would).
@@ -208,9 +214,13 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str
 
 
 def _conditions(batch: dict[str, torch.Tensor], vq_masked: VQModel, autocast) -> dict[str, torch.Tensor]:
-    """The model's inputs from a dataset batch; masked frames are encoded here (new mask shift each time)."""
-    with autocast():
-        masked = encode_latents(vq_masked, batch["masked"]).float()
+    """The model's inputs from a dataset batch; masked frames are encoded here (new mask shift each time),
+    unless the batch brings their latents from the cache (``dit.cache_masked_latents``)."""
+    if "masked_latent" in batch:
+        masked = batch["masked_latent"]
+    else:
+        with autocast():
+            masked = encode_latents(vq_masked, batch["masked"]).float()
     return dict(latents=batch["latent"], masked=masked, reference=batch["reference"], audio=batch["audio"])
 
 
@@ -336,7 +346,7 @@ def train_dit(clips: Sequence[ProcessedClip], config: DiTTrainingConfig, *, feat
     device = accelerator.device
     vq_masked = vq_masked.to(device).eval().requires_grad_(False)
     vq_gt = vq_gt.to(device).eval().requires_grad_(False)
-    data = _prepare_data(clips, config, Path(features_dir), vq_gt, Path(latent_cache_dir), accelerator)
+    data = _prepare_data(clips, config, Path(features_dir), vq_gt, vq_masked, Path(latent_cache_dir), accelerator)
 
     scheduler = make_noise_scheduler(config.diffusion_steps)
     model = build_model(config, data.latent_shape, data.audio_dim)
