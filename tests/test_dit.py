@@ -32,8 +32,8 @@ from dithead.models.vqgan import build_vqmodel, downsample_factor
 from dithead.training.dit_data import (DiTDataset, LazyArrays, audio_feature_paths, mirrored_name, precompute_latents,
                                       masked_view_name, target_frames, translate, view_name)
 from dithead.training.split import FrameRangeView, split_by_identity
-from dithead.training.train_dit import (DiTTrainingConfig, drop_audio, parameter_groups, _conditions, _fingerprint_config,
-                                       _region_weight)
+from dithead.training.train_dit import (DiTTrainingConfig, drop_audio, parameter_groups, _conditions,
+                                       _fingerprint_config, _region_weight)
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE = REPO / "stages" / "train_dit.py"

@@ -96,7 +96,8 @@ class DiTTrainingConfig:
         at_least = {"steps": 1, "batch_size": 1, "gradient_accumulation": 1, "log_every": 1, "val_every": 1,
                     "sample_every": 1, "sample_count": 1, "sample_steps": 1, "checkpoint_every": 0, "workers": 0,
                     "latent_batch_size": 1, "val_samples": 0, "audio_window": 1, "min_ref_distance": 0,
-                    "diffusion_steps": 1, "learning_rate": 0, "audio_learning_rate_scale": 0, "weight_decay": 0, "ema_decay": 0,
+                    "diffusion_steps": 1, "learning_rate": 0, "audio_learning_rate_scale": 0, "weight_decay": 0,
+                    "ema_decay": 0,
                     "masked_region_weight": 0, "mouth_weight": 0, "max_translation": 0}
         check_minimums(self, at_least, "dit")
         for name in ("depth", "hidden_size", "num_heads"):
@@ -167,8 +168,9 @@ def _prepare_data(clips: Sequence[ProcessedClip], config: DiTTrainingConfig, fea
     masked_latents = None
     if config.cache_masked_latents:                                 # the training frames' only
         masked_latents = LazyArrays(precompute_latents(
-            vq_masked, train_views, latent_cache_dir / "masked", batch_size=config.latent_batch_size, accelerator=accelerator,
-            mirrored=config.mirror_probability > 0, max_translation=config.max_translation, mask=mask))
+            vq_masked, train_views, latent_cache_dir / "masked", batch_size=config.latent_batch_size,
+            accelerator=accelerator, mirrored=config.mirror_probability > 0,
+            max_translation=config.max_translation, mask=mask))
     train = DiTDataset(train_views, train_rows, mask=mask, mirror_probability=config.mirror_probability,
                        max_translation=config.max_translation, masked_latents=masked_latents, **common)
     val_rows = evenly_spaced(held_out_frames(clips, split), config.val_samples)
