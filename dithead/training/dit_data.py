@@ -179,7 +179,9 @@ def _cache_clip_latents(vq, clip: ProcessedClip, cache_dir: Path, model_key: str
     path, key_path = cache_dir / f"{clip.name}.npy", cache_dir / f"{clip.name}.json"
     key = {"model": model_key, "clip": clip.fingerprint()}
     if masking is not None:
-        key["mask"] = {**dataclasses.asdict(masking[0]), "shift": list(masking[1])}
+        # What draws this view's mask: not max_shift, which only says how many views there are.
+        settings = {k: v for k, v in dataclasses.asdict(masking[0]).items() if k != "max_shift"}
+        key["mask"] = {**settings, "shift": list(masking[1])}
     if path.is_file() and key_path.is_file() and json.loads(key_path.read_text(encoding="utf-8")) == key:
         return path
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)

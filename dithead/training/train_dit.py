@@ -203,12 +203,12 @@ def build_model(config: DiTTrainingConfig, latent_shape: tuple[int, int, int], a
 
 def parameter_groups(model: DiTHead, config: DiTTrainingConfig) -> list[dict]:
     """AdamW groups: the audio path (``DiTHead.audio_parameters``) at ``learning_rate x
-    audio_learning_rate_scale``, the rest at ``learning_rate``. Each group ends up with its own
-    ``lr``, so a checkpoint saved with one scale resumes with it (the fingerprint has the scale)."""
-    audio = {id(p) for p in model.audio_parameters()}
-    rest = [p for p in model.parameters() if id(p) not in audio]
+    audio_learning_rate_scale``, the rest at ``learning_rate``."""
+    audio = model.audio_parameters()
+    audio_ids = {id(p) for p in audio}
+    rest = [p for p in model.parameters() if id(p) not in audio_ids]
     return [{"params": rest, "lr": config.learning_rate},
-            {"params": list(model.audio_parameters()), "lr": config.learning_rate * config.audio_learning_rate_scale}]
+            {"params": audio, "lr": config.learning_rate * config.audio_learning_rate_scale}]
 
 
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
