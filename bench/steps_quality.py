@@ -8,6 +8,7 @@ Run in a project folder after `dvc repro` (a time split: the held-out end of a c
     python bench/steps_quality.py --clip macron --seeds 0 1 2 \
         --configs dpmsolver++:10:4:evolving:per_frame dpmsolver++:10:4:fixed:shared      # reference and noise
     python bench/steps_quality.py --clip macron --weights raw       # the DiT's last weights, not their EMA
+    python bench/steps_quality.py --clip cnn_anchor --seeds 0 1 2 --series metrics/series.npz   # + agreement of seeds
 
 For each ``solver:steps[:audio_guidance[:reference[:noise]]]`` (the ``sample:`` params where not
 given) and each of ``--seeds`` it samples the clip's held-out frames (or the first
@@ -16,7 +17,12 @@ by their own audio, times the sampling on this machine, and scores the video
 against the source with the evaluation of the `evaluate` stage. Prints a
 Markdown table and writes it with the raw figures to ``--out`` (JSON). With
 several seeds (the sampling noise and the reference frame), it also gives each
-config's mean and standard deviation of ``mouth_open_r``.
+config's mean and standard deviation of ``mouth_open_r``, and how far the seeds
+agree: the mean r between two seeds' mouth openings, and the r of the
+seed-averaged opening with the ground truth. When seeds agree with each other
+no better than with the truth, the sampling noise of each frame is not what
+limits the sync; when the average scores well above each seed, it is.
+``--series`` also saves every run's per-frame openings (NumPy ``.npz``).
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--weights", choices=["ema", "raw"], help="the DiT's weights to sample with (default: sample.weights)")
     p.add_argument("--frames", type=int, default=0, help="score only the first N held-out frames (0: all)")
     p.add_argument("--out", default="metrics/steps_quality.json")
+    p.add_argument("--series", help="also save each run's per-frame mouth openings and the truth's to this .npz")
     return p.parse_args()
 
 
@@ -93,23 +100,56 @@ def run_config(config: dict, seed: int, params: dict, clip: ProcessedClip, frame
                               reference_frames=reference, progress=False)
     seconds = time.perf_counter() - start
     source = Path(clip.meta["source"]["video"])
-    metrics = Evaluator({}, eval_config(params)).evaluate(video, source, gt_start=frames[0]).report["metrics"]
-    return {**config, "seed": seed, "weights": params["sample"]["weights"], "frames": report["frames"], "reference_frame": report["reference_frame"],
+    result = Evaluator({}, eval_config(params)).evaluate(video, source, gt_start=frames[0])
+    metrics = result.report["metrics"]
+    return {**config, "series": {k: result.per_frame[k] for k in ("mouth_open", "mouth_open_gt")}, "seed": seed, "weights": params["sample"]["weights"], "frames": report["frames"], "reference_frame": report["reference_frame"],
             "seconds": round(seconds, 1), "frames_per_second": round(report["frames"] / seconds, 2),
             **{k: metrics.get(k) for k in COLUMNS if k in metrics}}
 
 
+def config_key(row: dict) -> str:
+    return f"{row['solver']}:{row['steps']}:{row['audio_guidance']:g}:{row['reference']}:{row['noise']}"
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """r over the frames where both series have a face."""
+    both = np.isfinite(a) & np.isfinite(b)
+    return float(np.corrcoef(a[both], b[both])[0, 1]) if both.sum() > 2 else float("nan")
+
+
+def seed_agreement(rows: list[dict]) -> dict[str, float]:
+    """Mean r between two seeds' openings, and the r of their mean opening with the ground truth."""
+    openings = [r["series"]["mouth_open"] for r in rows]
+    pairs = [pearson(a, b) for i, a in enumerate(openings) for b in openings[i + 1:]]
+    return {"between_seeds_r": float(np.mean(pairs)),
+            "seed_mean_r": pearson(np.nanmean(np.stack(openings), axis=0), rows[0]["series"]["mouth_open_gt"])}
+
+
 def seed_summary(rows: list[dict]) -> str:
-    """Mean and standard deviation of mouth_open_r over the seeds of each config (empty with one seed)."""
-    by_config: dict[str, list[float]] = {}
+    """Per config over its seeds: mouth_open_r's mean and standard deviation, and the seeds' agreement."""
+    by_config: dict[str, list[dict]] = {}
     for r in rows:
-        key = f"{r['solver']}:{r['steps']}:{r['audio_guidance']:g}:{r['reference']}:{r['noise']}"
-        by_config.setdefault(key, []).append(r["mouth_open_r"])
+        by_config.setdefault(config_key(r), []).append(r)
     if all(len(v) < 2 for v in by_config.values()):
         return ""
-    lines = ["| config | seeds | mouth_open_r mean | sd |", "|---|---|---|---|"]
-    lines += [f"| {k} | {len(v)} | {np.mean(v):.3f} | {np.std(v, ddof=1):.3f} |" for k, v in by_config.items()]
+    lines = ["| config | seeds | mouth_open_r mean | sd | r between seeds | r of the seeds' mean opening |",
+             "|---|---|---|---|---|---|"]
+    for key, runs in by_config.items():
+        if len(runs) < 2:
+            continue
+        r = [run["mouth_open_r"] for run in runs]
+        agree = seed_agreement(runs)
+        lines.append(f"| {key} | {len(r)} | {np.mean(r):.3f} | {np.std(r, ddof=1):.3f} "
+                     f"| {agree['between_seeds_r']:.3f} | {agree['seed_mean_r']:.3f} |")
     return "\n" + "\n".join(lines)
+
+
+def write_series(path: str, rows: list[dict]) -> None:
+    """Each run's per-frame mouth opening (``<config>:<seed>``) and the ground truth's (``truth``)."""
+    arrays = {f"{config_key(r)}:{r['seed']}": r["series"]["mouth_open"] for r in rows}
+    arrays["truth"] = rows[0]["series"]["mouth_open_gt"]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
 
 
 def held_out_part(name: str) -> tuple[ProcessedClip, tuple[int, int], tuple[int, int]]:
@@ -125,7 +165,8 @@ def write_results(out: str, clip: str, frames: tuple[int, int], rows: list[dict]
     """Print the Markdown table and write it with the raw rows to ``out`` (JSON)."""
     print(text)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps({"clip": clip, "frames": list(frames), "rows": rows, "table": text},
+    plain = [{k: v for k, v in r.items() if k != "series"} for r in rows]
+    Path(out).write_text(json.dumps({"clip": clip, "frames": list(frames), "rows": plain, "table": text},
                                     indent=2) + "\n")
 
 
@@ -153,6 +194,8 @@ def main() -> None:
                 rows.append(run_config(config, seed, params, clip, (start, stop), reference, Path(work)))
                 print(table(rows[-1:]).splitlines()[-1], flush=True)
     write_results(args.out, args.clip, (start, stop), rows, table(rows) + seed_summary(rows))
+    if args.series:
+        write_series(args.series, rows)
 
 
 if __name__ == "__main__":
