@@ -41,6 +41,7 @@ from dithead.data.mask import MaskSettings
 from dithead.data.store import ProcessedClip
 from dithead.inference.pipeline import DiTHeadPipeline, SampleSettings
 from dithead.metrics.evaluation import EvalConfig, Evaluator
+from dithead.metrics.lipsync import pearson
 from dithead.params import load_params, section_config
 
 QUALITY = ("mouth_open_r", "av_offset", "mouth_open_std_ratio", "mouth_psnr", "lmd", "psnr")
@@ -102,19 +103,15 @@ def run_config(config: dict, seed: int, params: dict, clip: ProcessedClip, frame
     source = Path(clip.meta["source"]["video"])
     result = Evaluator({}, eval_config(params)).evaluate(video, source, gt_start=frames[0])
     metrics = result.report["metrics"]
-    return {**config, "series": {k: result.per_frame[k] for k in ("mouth_open", "mouth_open_gt")}, "seed": seed, "weights": params["sample"]["weights"], "frames": report["frames"], "reference_frame": report["reference_frame"],
+    return {**config, "seed": seed, "weights": params["sample"]["weights"], "frames": report["frames"],
+            "reference_frame": report["reference_frame"],
+            "series": {k: result.per_frame[k] for k in ("mouth_open", "mouth_open_gt")},
             "seconds": round(seconds, 1), "frames_per_second": round(report["frames"] / seconds, 2),
             **{k: metrics.get(k) for k in COLUMNS if k in metrics}}
 
 
 def config_key(row: dict) -> str:
     return f"{row['solver']}:{row['steps']}:{row['audio_guidance']:g}:{row['reference']}:{row['noise']}"
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """r over the frames where both series have a face."""
-    both = np.isfinite(a) & np.isfinite(b)
-    return float(np.corrcoef(a[both], b[both])[0, 1]) if both.sum() > 2 else float("nan")
 
 
 def seed_agreement(rows: list[dict]) -> dict[str, float]:
