@@ -57,6 +57,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=0, help="score only the first N held-out frames (0: all)")
     p.add_argument("--out", default="metrics/steps_quality.json")
     p.add_argument("--series", help="also save each run's per-frame mouth openings and the truth's to this .npz")
+    p.add_argument("--part", choices=["held_out", "train"], default="held_out",
+                   help="train: score the last stretch of the training frames, as long as the held-out part, "
+                        "references from the training frames before it (how well the model fits what it saw)")
     return p.parse_args()
 
 
@@ -158,6 +161,12 @@ def held_out_part(name: str) -> tuple[ProcessedClip, tuple[int, int], tuple[int,
     return ProcessedClip(Path("data/processed") / name), frames, tuple(split["train_frames"][name])
 
 
+def training_stretch(held_out: tuple[int, int], train: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The last training frames, as many as ``held_out`` has, and the training frames before them (references)."""
+    length = min(held_out[1] - held_out[0], (train[1] - train[0]) // 2)
+    return (train[1] - length, train[1]), (train[0], train[1] - length)
+
+
 def write_results(out: str, clip: str, frames: tuple[int, int], rows: list[dict], text: str) -> None:
     """Print the Markdown table and write it with the raw rows to ``out`` (JSON)."""
     print(text)
@@ -181,6 +190,8 @@ def main() -> None:
     params = load_params()
     params["sample"]["weights"] = args.weights or params["sample"]["weights"]
     clip, (start, stop), reference = held_out_part(args.clip)
+    if args.part == "train":
+        (start, stop), reference = training_stretch((start, stop), reference)
     if args.frames:
         stop = min(stop, start + args.frames)
     rows = []

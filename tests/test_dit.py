@@ -32,7 +32,7 @@ from dithead.models.vqgan import build_vqmodel, downsample_factor
 from dithead.training.dit_data import (DiTDataset, LazyArrays, audio_feature_paths, mirrored_name, precompute_latents,
                                       masked_view_name, target_frames, translate, view_name)
 from dithead.training.split import FrameRangeView, split_by_identity
-from dithead.training.train_dit import (DiTTrainingConfig, drop_audio, parameter_groups, _conditions,
+from dithead.training.train_dit import (DiTTrainingConfig, drop_audio, noisy_audio, parameter_groups, _conditions,
                                        _fingerprint_config, _region_weight)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -611,6 +611,7 @@ def test_audio_features_must_exist_and_match_the_clip(demo_data, tmp_path):
     ("audio_dropout", -0.1, r"dit\.audio_dropout must be in \[0, 1\], not -0\.1"),
     ("mirror_probability", 1.5, r"dit\.mirror_probability must be in \[0, 1\], not 1\.5"),
     ("audio_learning_rate_scale", -1, r"dit\.audio_learning_rate_scale must be >= 0, not -1"),
+    ("audio_noise", -0.5, r"dit\.audio_noise must be >= 0, not -0\.5"),
 ])
 def test_training_config_names_the_bad_param(key, value, message):
     with pytest.raises(ValueError, match=message):
@@ -628,6 +629,16 @@ def test_audio_dropout_replaces_whole_windows_by_the_guidance_null():
     assert 60 <= int(is_null.sum()) <= 140                     # about a quarter of 400
     torch.testing.assert_close(drop_audio(audio, mean, 0.25, torch.Generator().manual_seed(0)), dropped)
     assert (drop_audio(audio, mean, 1.0, torch.Generator().manual_seed(0)) == mean).all()
+
+
+def test_audio_noise_is_scaled_per_feature_and_off_at_zero():
+    audio = torch.randn(2000, 11, AUDIO_DIM)
+    std = torch.linspace(0.5, 4.0, AUDIO_DIM)
+    assert noisy_audio(audio, std, 0.0, torch.Generator().manual_seed(0)) is audio
+    noisy = noisy_audio(audio, std, 0.5, torch.Generator().manual_seed(0))
+    measured = (noisy - audio).reshape(-1, AUDIO_DIM).std(0)
+    torch.testing.assert_close(measured, 0.5 * std, rtol=0.05, atol=0)   # the same share of every feature's spread
+    torch.testing.assert_close(noisy_audio(audio, std, 0.5, torch.Generator().manual_seed(0)), noisy)
 
 
 @pytest.mark.parametrize("audio_adaln", [False, True])

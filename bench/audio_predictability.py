@@ -1,0 +1,140 @@
+"""How much of the mouth opening the audio features predict at all: a linear map fit on the training part.
+
+Run in a project folder after `dvc repro extract_audio_features` with a time
+split (no trained model is needed):
+
+    python bench/audio_predictability.py --clip cnn_anchor
+    python bench/audio_predictability.py --clip macron --windows 1 5 11 21 --fractions 0.25 0.5 1
+
+A ridge regression from each frame's audio window (the features and the window
+the DiT sees: ``data/features/<clip>.npy``, ``dit.audio_window``) to the mouth
+opening of that frame (the preprocessing landmarks, in the units of the
+`evaluate` stage's ``mouth_open_r``) is fit on the clip's training frames and
+scored on its held-out frames, which it never saw. The ridge strength is chosen
+by cross-validation over contiguous blocks of the training part, never on the
+held-out frames.
+
+The held-out r is a yardstick for the DiT's ``mouth_open_r``: what a simple
+model makes of the same audio and the same seconds of footage. A DiT far below
+it is not using what the audio carries; a DiT near it is at the limit of the
+features and the footage, and more DiT training or capacity will not raise it
+much. ``--fractions`` fits on the first part of the training frames only: if r
+still rises steeply at 1, more footage of the speaker is the lever. Prints a
+Markdown table and writes it with the raw figures to ``--out`` (JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from dithead.data.audio_features import audio_windows
+from dithead.data.store import ProcessedClip
+from dithead.metrics.lipsync import mouth_opening, pearson, sync_scores
+from dithead.params import load_params
+from dithead.training.split import make_split
+
+RIDGE_STRENGTHS = (1e1, 1e2, 1e3, 1e4, 1e5)
+FOLDS = 5
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--clip", required=True, help="a clip of data/processed (features in data/features)")
+    p.add_argument("--windows", type=int, nargs="+", help="audio windows in frames (default: 1, 5, dit.audio_window, 21)")
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0],
+                   help="shares of the training part to fit on (its first frames), at the DiT's window")
+    p.add_argument("--out", default="metrics/audio_predictability.json")
+    return p.parse_args()
+
+
+def clip_parts(name: str, params: dict) -> tuple[ProcessedClip, tuple[int, int], tuple[int, int]]:
+    """Clip ``name`` with its training and held-out frames under the project's time split."""
+    if params["split"].get("mode") != "time":
+        raise SystemExit("split.mode must be time: a held-out end of the clip is what the regression is scored on")
+    clip = ProcessedClip(Path("data/processed") / name)
+    split = make_split([clip], params["split"], params["seed"], params["data"]["fps"])
+    return clip, tuple(split.train_frames[name]), tuple(split.validation_frames[name])
+
+
+def window_matrix(features: np.ndarray, train: tuple[int, int], window: int) -> np.ndarray:
+    """(N, window * D): every frame's audio window, each feature standardised on the training frames."""
+    part = features[train[0]:train[1]]
+    scaled = (features - part.mean(0)) / (part.std(0) + 1e-6)
+    return audio_windows(scaled, np.arange(len(features)), window).reshape(len(features), -1)
+
+
+def fit_ridge(x: np.ndarray, y: np.ndarray, strength: float):
+    """Ridge regression with an unpenalised intercept; returns the predictor."""
+    x_mean, y_mean = x.mean(0), y.mean()
+    centred = x - x_mean
+    weights = np.linalg.solve(centred.T @ centred + strength * np.eye(x.shape[1]), centred.T @ (y - y_mean))
+    return lambda rows: (rows - x_mean) @ weights + y_mean
+
+
+def cross_validated_strength(x: np.ndarray, y: np.ndarray) -> float:
+    """The ridge strength with the best mean r over ``FOLDS`` contiguous blocks, each predicted from the rest."""
+    blocks = np.array_split(np.arange(len(x)), FOLDS)
+
+    def mean_r(strength: float) -> float:
+        scores = []
+        for block in blocks:
+            rest = np.setdiff1d(np.arange(len(x)), block)
+            scores.append(pearson(fit_ridge(x[rest], y[rest], strength)(x[block]), y[block]))
+        return float(np.nanmean(scores))
+
+    return max(RIDGE_STRENGTHS, key=mean_r)
+
+
+def held_out_score(x: np.ndarray, opening: np.ndarray, fit_frames: tuple[int, int],
+                   held_out: tuple[int, int], fps: float) -> dict[str, float]:
+    """Fit on ``fit_frames`` (frames with a face), score on ``held_out`` with the evaluate stage's sync scores."""
+    rows = np.arange(*fit_frames)
+    rows = rows[np.isfinite(opening[rows])]
+    strength = cross_validated_strength(x[rows], opening[rows])
+    predicted = fit_ridge(x[rows], opening[rows], strength)(x[held_out[0]:held_out[1]])
+    scores = sync_scores(predicted, opening[held_out[0]:held_out[1]])
+    return {"mouth_open_r": scores["mouth_open_r"], "av_offset": scores["av_offset"],
+            "mouth_open_std_ratio": scores["mouth_open_std_ratio"], "ridge_strength": strength,
+            "fit_seconds": round(len(rows) / fps, 1)}
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| window (frames) | training share | fit on (s) | held-out r | av_offset | std ratio | ridge |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['window']} | {r['fraction']:.2f} | {r['fit_seconds']} | {r['mouth_open_r']:.3f} | "
+                     f"{r['av_offset']:+.0f} | {r['mouth_open_std_ratio']:.2f} | {r['ridge_strength']:.0e} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = parse_args()
+    params = load_params()
+    clip, train, held_out = clip_parts(args.clip, params)
+    features = np.load(Path("data/features") / f"{args.clip}.npy")
+    opening = mouth_opening(clip.landmarks)
+    opening[~np.asarray(clip.valid, bool)] = np.nan
+    dit_window = params["dit"]["audio_window"]
+    windows = args.windows or sorted({1, 5, dit_window, 21})
+    plan = [(w, 1.0) for w in windows] + [(dit_window, f) for f in args.fractions if f != 1.0]
+    rows = []
+    for window, fraction in plan:
+        x = window_matrix(features, train, window)
+        fit_frames = (train[0], train[0] + int(round((train[1] - train[0]) * fraction)))
+        score = held_out_score(x, opening, fit_frames, held_out, params["data"]["fps"])
+        rows.append({"window": window, "fraction": fraction, **score})
+        print(table(rows[-1:]).splitlines()[-1], flush=True)
+    text = table(rows)
+    print(text)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"clip": args.clip, "train_frames": list(train),
+                                          "held_out_frames": list(held_out), "rows": rows, "table": text},
+                                         indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
