@@ -19,7 +19,10 @@ model makes of the same audio and the same seconds of footage. A DiT far below
 it is not using what the audio carries; a DiT near it is at the limit of the
 features and the footage, and more DiT training or capacity will not raise it
 much. ``--fractions`` fits on the first part of the training frames only: if r
-still rises steeply at 1, more footage of the speaker is the lever. Prints a
+still rises steeply at 1, more footage of the speaker is the lever. "r on seen
+frames" scores the map on the last stretch of the frames it was fit on (those
+`bench/steps_quality.py --part train` samples): its gap to the held-out r is
+how far the map fits what it saw better than what it did not. Prints a
 Markdown table and writes it with the raw figures to ``--out`` (JSON).
 """
 
@@ -36,6 +39,7 @@ from dithead.data.store import ProcessedClip
 from dithead.metrics.lipsync import mouth_opening, pearson, sync_scores
 from dithead.params import load_params
 from dithead.training.split import make_split
+from steps_quality import training_stretch  # noqa: E402  (bench/steps_quality.py)
 
 RIDGE_STRENGTHS = (1e1, 1e2, 1e3, 1e4, 1e5)
 FOLDS = 5
@@ -91,23 +95,30 @@ def cross_validated_strength(x: np.ndarray, y: np.ndarray) -> float:
 
 def held_out_score(x: np.ndarray, opening: np.ndarray, fit_frames: tuple[int, int],
                    held_out: tuple[int, int], fps: float) -> dict[str, float]:
-    """Fit on ``fit_frames`` (frames with a face), score on ``held_out`` with the evaluate stage's sync scores."""
+    """Fit on ``fit_frames`` (frames with a face), score on ``held_out`` with the evaluate stage's sync scores.
+
+    ``seen_r`` scores the fit's last stretch of frames instead, as long as the held-out part
+    (``bench/steps_quality.py --part train`` samples the same frames): how well it fits what it saw.
+    """
     rows = np.arange(*fit_frames)
     rows = rows[np.isfinite(opening[rows])]
     strength = cross_validated_strength(x[rows], opening[rows])
-    predicted = fit_ridge(x[rows], opening[rows], strength)(x[held_out[0]:held_out[1]])
-    scores = sync_scores(predicted, opening[held_out[0]:held_out[1]])
+    predict = fit_ridge(x[rows], opening[rows], strength)
+    scores = sync_scores(predict(x[held_out[0]:held_out[1]]), opening[held_out[0]:held_out[1]])
+    (first, stop), _ = training_stretch(held_out, fit_frames)
     return {"mouth_open_r": scores["mouth_open_r"], "av_offset": scores["av_offset"],
-            "mouth_open_std_ratio": scores["mouth_open_std_ratio"], "ridge_strength": strength,
+            "mouth_open_std_ratio": scores["mouth_open_std_ratio"],
+            "seen_r": pearson(predict(x[first:stop]), opening[first:stop]), "ridge_strength": strength,
             "fit_seconds": round(len(rows) / fps, 1)}
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| window (frames) | training share | fit on (s) | held-out r | av_offset | std ratio | ridge |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| window (frames) | training share | fit on (s) | held-out r | av_offset | std ratio | r on seen frames "
+             "| ridge |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['window']} | {r['fraction']:.2f} | {r['fit_seconds']} | {r['mouth_open_r']:.3f} | "
-                     f"{r['av_offset']:+.0f} | {r['mouth_open_std_ratio']:.2f} | {r['ridge_strength']:.0e} |")
+                     f"{r['av_offset']:+.0f} | {r['mouth_open_std_ratio']:.2f} | {r['seen_r']:.3f} "
+                     f"| {r['ridge_strength']:.0e} |")
     return "\n".join(lines)
 
 
