@@ -48,7 +48,8 @@ FOLDS = 5
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--clip", required=True, help="a clip of data/processed (features in data/features)")
-    p.add_argument("--windows", type=int, nargs="+", help="audio windows in frames (default: 1, 5, dit.audio_window, 21)")
+    p.add_argument("--windows", type=int, nargs="+",
+                   help="audio windows in frames (default: 1, 5, dit.audio_window, 21)")
     p.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0],
                    help="shares of the training part to fit on (its first frames), at the DiT's window")
     p.add_argument("--out", default="metrics/audio_predictability.json")
@@ -126,7 +127,11 @@ def main() -> None:
     args = parse_args()
     params = load_params()
     clip, train, held_out = clip_parts(args.clip, params)
-    features = np.load(Path("data/features") / f"{args.clip}.npy")
+    features_path = Path("data/features") / f"{args.clip}.npy"
+    if not features_path.exists():
+        raise SystemExit(f"{features_path}: no audio features for clip '{args.clip}' "
+                         "(run dvc repro extract_audio_features)")
+    features = np.load(features_path)
     opening = mouth_opening(clip.landmarks)
     opening[~np.asarray(clip.valid, bool)] = np.nan
     dit_window = params["dit"]["audio_window"]

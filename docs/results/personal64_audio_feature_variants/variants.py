@@ -31,7 +31,8 @@ def phone_shares(samples: np.ndarray, n_frames: int, fps: float) -> np.ndarray |
     except ImportError:
         return None
     model = get_model_path()
-    decoder = Decoder(hmm=os.path.join(model, "en-us", "en-us"), allphone=os.path.join(model, "en-us", "en-us-phone.lm.bin"),
+    decoder = Decoder(hmm=os.path.join(model, "en-us", "en-us"),
+                      allphone=os.path.join(model, "en-us", "en-us-phone.lm.bin"),
                       lw=2.0, beam=1e-20, pbeam=1e-20, loglevel="FATAL")
     decoder.start_utt()
     decoder.process_raw((np.clip(samples, -1, 1) * 32767).astype(np.int16).tobytes(), full_utt=True)
