@@ -5,6 +5,7 @@ split (no trained model is needed):
 
     python bench/audio_predictability.py --clip cnn_anchor
     python bench/audio_predictability.py --clip macron --windows 1 5 11 21 --fractions 0.25 0.5 1
+    python bench/audio_predictability.py --clip cnn_anchor --model kernel --windows 11 --fractions 1
 
 A ridge regression from each frame's audio window (the features and the window
 the DiT sees: ``data/features/<clip>.npy``, ``dit.audio_window``) to the mouth
@@ -12,7 +13,9 @@ opening of that frame (the preprocessing landmarks, in the units of the
 `evaluate` stage's ``mouth_open_r``) is fit on the clip's training frames and
 scored on its held-out frames, which it never saw. The ridge strength is chosen
 by cross-validation over contiguous blocks of the training part, never on the
-held-out frames.
+held-out frames. ``--model kernel`` fits a non-linear map instead (kernel ridge
+with a Gaussian kernel, its width chosen the same way): if it does no better
+than the linear one, the limit is what the features carry, not the map's shape.
 
 The held-out r is a yardstick for the DiT's ``mouth_open_r``: what a simple
 model makes of the same audio and the same seconds of footage. A DiT far below
@@ -42,6 +45,8 @@ from dithead.training.split import make_split
 from steps_quality import training_stretch  # noqa: E402  (bench/steps_quality.py)
 
 RIDGE_STRENGTHS = (1e1, 1e2, 1e3, 1e4, 1e5)
+# Gaussian kernel exp(-width * |a - b|^2 / dims) x ridge strength; width 1 is about one feature's variance per dim
+KERNEL_SETTINGS = tuple((width, strength) for width in (0.1, 0.3, 1.0, 3.0) for strength in (0.1, 1.0, 10.0))
 FOLDS = 5
 
 
@@ -52,6 +57,8 @@ def parse_args() -> argparse.Namespace:
                    help="audio windows in frames (default: 1, 5, dit.audio_window, 21)")
     p.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0],
                    help="shares of the training part to fit on (its first frames), at the DiT's window")
+    p.add_argument("--model", choices=sorted(MODELS), default="linear",
+                   help="linear: ridge regression; kernel: kernel ridge with a Gaussian kernel (non-linear)")
     p.add_argument("--out", default="metrics/audio_predictability.json")
     return p.parse_args()
 
@@ -80,46 +87,66 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, strength: float):
     return lambda rows: (rows - x_mean) @ weights + y_mean
 
 
-def cross_validated_strength(x: np.ndarray, y: np.ndarray) -> float:
-    """The ridge strength with the best mean r over ``FOLDS`` contiguous blocks, each predicted from the rest."""
+def squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) squared Euclidean distances, without an (a, b, dims) intermediate."""
+    return np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2 * a @ b.T, 0.0)
+
+
+def fit_kernel_ridge(x: np.ndarray, y: np.ndarray, setting: tuple[float, float]):
+    """Kernel ridge regression with a Gaussian kernel; ``setting`` = (width, strength). Returns the predictor."""
+    width, strength = setting
+    gamma, y_mean = width / x.shape[1], y.mean()
+    alpha = np.linalg.solve(np.exp(-gamma * squared_distances(x, x)) + strength * np.eye(len(x)), y - y_mean)
+    return lambda rows: np.exp(-gamma * squared_distances(rows, x)) @ alpha + y_mean
+
+
+MODELS = {"linear": (fit_ridge, RIDGE_STRENGTHS), "kernel": (fit_kernel_ridge, KERNEL_SETTINGS)}
+
+
+def cross_validated_setting(x: np.ndarray, y: np.ndarray, model: str = "linear"):
+    """The ``model`` setting with the best mean r over ``FOLDS`` contiguous blocks, each predicted from the rest."""
+    fit, settings = MODELS[model]
     blocks = np.array_split(np.arange(len(x)), FOLDS)
 
-    def mean_r(strength: float) -> float:
+    def mean_r(setting) -> float:
         scores = []
         for block in blocks:
             rest = np.setdiff1d(np.arange(len(x)), block)
-            scores.append(pearson(fit_ridge(x[rest], y[rest], strength)(x[block]), y[block]))
+            scores.append(pearson(fit(x[rest], y[rest], setting)(x[block]), y[block]))
         return float(np.nanmean(scores))
 
-    return max(RIDGE_STRENGTHS, key=mean_r)
+    return max(settings, key=mean_r)
 
 
 def held_out_score(x: np.ndarray, opening: np.ndarray, fit_frames: tuple[int, int],
-                   held_out: tuple[int, int], fps: float) -> dict[str, float]:
-    """Fit on ``fit_frames`` (frames with a face), score on ``held_out`` with the evaluate stage's sync scores.
+                   held_out: tuple[int, int], fps: float, model: str = "linear") -> dict:
+    """Fit ``model`` on ``fit_frames`` (frames with a face), score on ``held_out`` with the evaluate stage's scores.
 
     ``seen_r`` scores the fit's last stretch of frames instead, as long as the held-out part
     (``bench/steps_quality.py --part train`` samples the same frames): how well it fits what it saw.
     """
     rows = np.arange(*fit_frames)
     rows = rows[np.isfinite(opening[rows])]
-    strength = cross_validated_strength(x[rows], opening[rows])
-    predict = fit_ridge(x[rows], opening[rows], strength)
+    setting = cross_validated_setting(x[rows], opening[rows], model)
+    predict = MODELS[model][0](x[rows], opening[rows], setting)
     scores = sync_scores(predict(x[held_out[0]:held_out[1]]), opening[held_out[0]:held_out[1]])
     (first, stop), _ = training_stretch(held_out, fit_frames)
     return {"mouth_open_r": scores["mouth_open_r"], "av_offset": scores["av_offset"],
             "mouth_open_std_ratio": scores["mouth_open_std_ratio"],
-            "seen_r": pearson(predict(x[first:stop]), opening[first:stop]), "ridge_strength": strength,
+            "seen_r": pearson(predict(x[first:stop]), opening[first:stop]), "model": model,
+            **({"ridge_strength": setting} if model == "linear" else
+               {"kernel_width": setting[0], "ridge_strength": setting[1]}),
             "fit_seconds": round(len(rows) / fps, 1)}
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| window (frames) | training share | fit on (s) | held-out r | av_offset | std ratio | r on seen frames "
-             "| ridge |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| map | window (frames) | training share | fit on (s) | held-out r | av_offset | std ratio "
+             "| r on seen frames | ridge |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['window']} | {r['fraction']:.2f} | {r['fit_seconds']} | {r['mouth_open_r']:.3f} | "
-                     f"{r['av_offset']:+.0f} | {r['mouth_open_std_ratio']:.2f} | {r['seen_r']:.3f} "
-                     f"| {r['ridge_strength']:.0e} |")
+        width = f", width {r['kernel_width']:g}" if "kernel_width" in r else ""
+        lines.append(f"| {r['model']} | {r['window']} | {r['fraction']:.2f} | {r['fit_seconds']} "
+                     f"| {r['mouth_open_r']:.3f} | {r['av_offset']:+.0f} | {r['mouth_open_std_ratio']:.2f} "
+                     f"| {r['seen_r']:.3f} | {r['ridge_strength']:.0e}{width} |")
     return "\n".join(lines)
 
 
@@ -141,7 +168,7 @@ def main() -> None:
     for window, fraction in plan:
         x = window_matrix(features, train, window)
         fit_frames = (train[0], train[0] + int(round((train[1] - train[0]) * fraction)))
-        score = held_out_score(x, opening, fit_frames, held_out, params["data"]["fps"])
+        score = held_out_score(x, opening, fit_frames, held_out, params["data"]["fps"], args.model)
         rows.append({"window": window, "fraction": fraction, **score})
         print(table(rows[-1:]).splitlines()[-1], flush=True)
     text = table(rows)

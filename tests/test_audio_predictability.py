@@ -59,4 +59,16 @@ def test_the_ridge_strength_is_chosen_without_the_held_out_frames():
     spoiled = opening.copy()
     spoiled[HELD_OUT[0]:] = np.random.default_rng(2).normal(size=FRAMES - HELD_OUT[0])
     rows = np.arange(*TRAIN)
-    assert ap.cross_validated_strength(x[rows], opening[rows]) == ap.cross_validated_strength(x[rows], spoiled[rows])
+    assert ap.cross_validated_setting(x[rows], opening[rows]) == ap.cross_validated_setting(x[rows], spoiled[rows])
+
+
+def test_the_kernel_map_predicts_a_non_linear_mouth_that_the_linear_map_misses():
+    rng = np.random.default_rng(3)
+    features = rng.normal(size=(FRAMES, DIMS)).astype(np.float32)
+    opening = np.abs(features[:, 0]) + 0.05 * rng.normal(size=FRAMES)   # symmetric: no linear trace
+    x = ap.window_matrix(features, TRAIN, 1)
+    linear = ap.held_out_score(x, opening, TRAIN, HELD_OUT, fps=25.0)
+    kernel = ap.held_out_score(x, opening, TRAIN, HELD_OUT, fps=25.0, model="kernel")
+    assert abs(linear["mouth_open_r"]) < 0.3
+    assert kernel["mouth_open_r"] > 0.6
+    assert kernel["model"] == "kernel" and (kernel["kernel_width"], kernel["ridge_strength"]) in ap.KERNEL_SETTINGS
