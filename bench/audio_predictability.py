@@ -45,7 +45,8 @@ from dithead.training.split import make_split
 from steps_quality import training_stretch  # noqa: E402  (bench/steps_quality.py)
 
 RIDGE_STRENGTHS = (1e1, 1e2, 1e3, 1e4, 1e5)
-# Gaussian kernel exp(-width * |a - b|^2 / dims) x ridge strength; width 1 is about one feature's variance per dim
+# (width, ridge strength) of the Gaussian kernel exp(-width * |a - b|^2 / dims): with standardised features,
+# width 1 makes two typical windows' kernel about exp(-2), so the grid spans broad to narrow kernels
 KERNEL_SETTINGS = tuple((width, strength) for width in (0.1, 0.3, 1.0, 3.0) for strength in (0.1, 1.0, 10.0))
 FOLDS = 5
 
