@@ -10,7 +10,7 @@ Run in a project folder after `dvc repro` (a time split: the held-out end of a c
     python bench/steps_quality.py --clip macron --weights raw       # the DiT's last weights, not their EMA
     python bench/steps_quality.py --clip cnn_anchor --seeds 0 1 2 --series metrics/series.npz   # + agreement of seeds
 
-For each ``solver:steps[:audio_guidance[:reference[:noise]]]`` (the ``sample:`` params where not
+For each ``solver:steps[:audio_guidance[:reference[:noise[:temporal_smoothing]]]]`` (the ``sample:`` params where not
 given) and each of ``--seeds`` it samples the clip's held-out frames (or the first
 ``--frames`` of them) with the trained models and the project's params, driven
 by their own audio, times the sampling on this machine, and scores the video
@@ -45,7 +45,7 @@ from dithead.metrics.lipsync import pearson
 from dithead.params import load_params, section_config
 
 QUALITY = ("mouth_open_r", "av_offset", "mouth_open_std_ratio", "mouth_psnr", "lmd", "psnr")
-COLUMNS = ("audio_guidance", "reference", "noise", "seed") + QUALITY
+COLUMNS = ("audio_guidance", "reference", "noise", "temporal_smoothing", "seed") + QUALITY
 
 
 def parse_args() -> argparse.Namespace:
@@ -78,13 +78,14 @@ def eval_config(params: dict) -> EvalConfig:
 
 
 def parse_config(text: str, sample: dict) -> dict:
-    """``solver:steps[:audio_guidance[:reference[:noise]]]``, the ``sample:`` params filling what is not given."""
+    """``solver:steps[:audio_guidance[:reference[:noise[:temporal_smoothing]]]]``, the ``sample:`` params filling
+    what is not given."""
     solver, steps, *rest = text.split(":")
     defaults = [sample.get("audio_guidance", 1.0), sample.get("reference", "evolving"),
-                sample.get("noise", "per_frame")]
-    guidance, reference, noise = rest + defaults[len(rest):]
+                sample.get("noise", "per_frame"), sample.get("temporal_smoothing", 0.0)]
+    guidance, reference, noise, smoothing = rest + defaults[len(rest):]
     return {"solver": solver, "steps": int(steps), "audio_guidance": float(guidance), "reference": reference,
-            "noise": noise}
+            "noise": noise, "temporal_smoothing": float(smoothing)}
 
 
 def run_config(config: dict, seed: int, params: dict, clip: ProcessedClip, frames: tuple[int, int],
@@ -95,7 +96,8 @@ def run_config(config: dict, seed: int, params: dict, clip: ProcessedClip, frame
                                            precision=params["sample"]["precision"], fps=fps,
                                            mask=section_config(MaskSettings, params["mask"], "mask"))
     settings = SampleSettings(steps=config["steps"], audio_guidance=config["audio_guidance"],
-                              reference=config["reference"], noise=config["noise"], seed=seed,
+                              reference=config["reference"], noise=config["noise"],
+                              temporal_smoothing=config["temporal_smoothing"], seed=seed,
                               chunk_size=params["sample"]["chunk_size"],
                               min_ref_distance=params["dit"]["min_ref_distance"])
     video = work / "held_out.mp4"
@@ -114,7 +116,8 @@ def run_config(config: dict, seed: int, params: dict, clip: ProcessedClip, frame
 
 
 def config_key(row: dict) -> str:
-    return f"{row['solver']}:{row['steps']}:{row['audio_guidance']:g}:{row['reference']}:{row['noise']}"
+    return (f"{row['solver']}:{row['steps']}:{row['audio_guidance']:g}:{row['reference']}:{row['noise']}"
+            f":{row.get('temporal_smoothing', 0.0):g}")
 
 
 def seed_agreement(rows: list[dict]) -> dict[str, float]:

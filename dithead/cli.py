@@ -90,7 +90,9 @@ def cmd_generate(args) -> int:
                               min_ref_distance=params["dit"]["min_ref_distance"])
     settings = replace(settings, steps=args.steps or settings.steps, solver=args.solver or settings.solver,
                        audio_guidance=settings.audio_guidance if args.audio_guidance is None else args.audio_guidance,
-                       reference=args.reference or settings.reference, noise=args.noise or settings.noise)
+                       reference=args.reference or settings.reference, noise=args.noise or settings.noise,
+                       temporal_smoothing=(settings.temporal_smoothing if args.temporal_smoothing is None
+                                           else args.temporal_smoothing))
     pipe = DiTHeadPipeline.from_pretrained(args.models, weights=settings.weights, solver=settings.solver,
                                            precision=settings.precision, device=device,
                                            mask=section_config(MaskSettings, params["mask"], "mask"),
@@ -208,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "frame's (fixed); default: sample.reference")
     p.add_argument("--noise", choices=["per_frame", "shared"],
                    help="each frame's own starting noise, or one for all (shared); default: sample.noise")
+    p.add_argument("--temporal-smoothing", type=float, metavar="SIGMA",
+                   help="Gaussian filter of the sampled latents over time, sigma in frames, 0 = off; "
+                        "default: sample.temporal_smoothing")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--interpolate", action="store_true", help="also double the frame rate (50 fps)")
     p.add_argument("--params", default="params.yaml", help="the params the models were trained with")

@@ -9,7 +9,7 @@ import torch
 
 from dithead.inference.sampling import (TensorConditions, driving_frame_order, frame_generator, make_scheduler,
                                         pick_reference_index, sample_frame_by_frame, sample_independent,
-                                        sample_lockstep, with_audio_guidance)
+                                        sample_lockstep, smooth_over_time, with_audio_guidance)
 
 C, CM, H, W, D = 3, 3, 8, 8, 6
 
@@ -153,6 +153,30 @@ def test_seed_changes_frames_and_is_reproducible(setup):
     c = run(sample_lockstep, model, conditions, reference, scheduler=scheduler, steps=3, seed=2, chunk_size=4)
     assert torch.equal(a, b)
     assert (a - c).abs().mean() > 0.1
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.0, 2.2])
+@pytest.mark.parametrize("chunks", [[37], [16, 16, 5], [1] * 37, [3, 1, 30, 3]])
+def test_temporal_smoothing_streamed_over_chunks_equals_the_whole_clip_filtered(sigma, chunks):
+    """Chunk by chunk, the filter gives every frame, in order, as a Gaussian over the whole clip would."""
+    from scipy.ndimage import gaussian_filter1d
+
+    latents = torch.randn(37, C, 4, 4, generator=torch.Generator().manual_seed(0))
+    out = list(smooth_over_time(iter(torch.split(latents, chunks)), sigma))
+    whole = gaussian_filter1d(latents.numpy(), sigma, axis=0, mode="nearest", truncate=3.0)
+    np.testing.assert_allclose(torch.cat(out).numpy(), whole, atol=1e-5)
+
+
+def test_temporal_smoothing_removes_frame_to_frame_scatter_and_zero_is_off():
+    """Frames that each scatter around a slow motion come out closer to it; sigma 0 yields the chunks unchanged."""
+    motion = torch.sin(torch.arange(60.0) / 8)[:, None, None, None].expand(60, C, 4, 4)
+    frames = motion + 0.3 * torch.randn(60, C, 4, 4, generator=torch.Generator().manual_seed(1))
+    smoothed = torch.cat(list(smooth_over_time(iter(torch.split(frames, 16)), 1.0)))
+    assert (smoothed - motion).pow(2).mean() < 0.5 * (frames - motion).pow(2).mean()
+    chunks = list(torch.split(frames, 16))
+    assert all(a is b for a, b in zip(smooth_over_time(iter(chunks), 0.0), chunks))
+    with pytest.raises(ValueError, match="sample.temporal_smoothing must be >= 0"):
+        next(smooth_over_time(iter(chunks), -1.0))
 
 
 def test_unknown_solver_is_a_clear_error():

@@ -43,7 +43,7 @@ from dithead.data.video_reader import iter_frames
 from dithead.device import check_precision, default_device
 from dithead.inference import watermark as wm
 from dithead.inference.sampling import (driving_frame_order, make_scheduler, pick_reference_index, sample_lockstep,
-                                       with_audio_guidance)
+                                       smooth_over_time, with_audio_guidance)
 from dithead.inference.video_writer import DEFAULT_CRF, DEFAULT_PRESET, VideoWriter
 from dithead.models.latents import decode_latents, encode_latents, tensor_to_image
 from dithead.timing import PhaseTimer
@@ -77,6 +77,7 @@ class SampleSettings:
     audio_guidance: float = 1.0
     reference: str = "evolving"
     noise: str = "per_frame"
+    temporal_smoothing: float = 0.0
     chunk_size: int = 16
     precision: str = "auto"
     crf: int = DEFAULT_CRF
@@ -278,6 +279,7 @@ class DiTHeadPipeline:
                                  seed=settings.seed, chunk_size=settings.chunk_size, eta=settings.eta,
                                  reference_mode=settings.reference, noise=settings.noise,
                                  device=self.device, progress=progress, desc=f"sampling {clip.name}")
+        chunks = smooth_over_time(chunks, settings.temporal_smoothing)
         crops = self._decoded_crops(timer.iterate("model", chunks), timer)
         written = self._write_video(clip, order, crops, conditions.mask, audio_path, output, settings, video_path,
                                     timer)
@@ -286,7 +288,7 @@ class DiTHeadPipeline:
                 "start_frame": int(order[0]), "ping_pong": bool(order.max() - order.min() + 1 < len(order)),
                 "reference_frame": reference_index, "steps": settings.steps,
                 "audio_guidance": settings.audio_guidance, "reference": settings.reference, "noise": settings.noise,
-                "seconds": round(seconds, 2),
+                "temporal_smoothing": settings.temporal_smoothing, "seconds": round(seconds, 2),
                 "frames_per_second": round(written / seconds, 3), "watermark": settings.watermark.message,
                 **timer.report(written)}
 

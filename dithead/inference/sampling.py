@@ -25,11 +25,18 @@ Two choices beyond the paper, both params of the sample stage:
 instead of the previous frame's noisy latent, and ``noise="shared"`` starts
 every frame from the same noise. With both, frames differ only where their
 conditions (masked frame, audio) do: no frame-to-frame jitter from the noise.
+
+``smooth_over_time`` filters the sampled latents along time with a Gaussian
+(``sample.temporal_smoothing``, sigma in frames): frames sampled from their own
+noise each draw their own mouth for the same audio, and the filter averages
+that frame-to-frame scatter away. It streams over the chunks, holding only
+the few frames the filter reaches, so memory stays flat as clips grow.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Iterator, Protocol
 
@@ -290,6 +297,46 @@ def _step(sched, eps, t, z, generators, eta, device) -> torch.Tensor:
     if sched.__class__.__name__ == "DDIMScheduler":
         return sched.step(eps, t, z, eta=0.0).prev_sample
     return sched.step(eps, t, z).prev_sample
+
+
+def temporal_kernel(sigma: float) -> torch.Tensor:
+    """Normalised Gaussian weights over frames -r..r, r = round(3 sigma) (scipy's gaussian_filter1d, truncate=3)."""
+    radius = max(1, int(3 * sigma + 0.5))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    weights = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    return (weights / weights.sum()).float()
+
+
+def smooth_over_time(chunks: Iterator[torch.Tensor], sigma: float) -> Iterator[torch.Tensor]:
+    """``chunks`` of consecutive frames' latents (n, C, h, w), filtered along time by a Gaussian of ``sigma`` frames.
+
+    Yields the same frames in the same order (in chunks of other sizes: each frame as soon as the frames
+    after it that the filter reaches have arrived); the first and last frame stand in for frames beyond
+    the ends. ``sigma == 0`` passes the chunks through unchanged.
+    """
+    if sigma < 0:
+        raise ValueError(f"sample.temporal_smoothing must be >= 0 (a Gaussian's sigma in frames), got {sigma}")
+    if sigma == 0:
+        yield from chunks
+        return
+    weights = temporal_kernel(sigma)
+    radius = len(weights) // 2
+    held: torch.Tensor | None = None     # the frames still to yield, after `radius` frames of context before them
+    for chunk in chunks:
+        held = torch.cat([chunk[:1].expand(radius, *chunk.shape[1:]), chunk]) if held is None else torch.cat([held, chunk])
+        held = yield from _yield_filtered(held, weights)
+    if held is not None:
+        yield from _yield_filtered(torch.cat([held, held[-1:].expand(radius, *held.shape[1:])]), weights)
+
+
+def _yield_filtered(held: torch.Tensor, weights: torch.Tensor):
+    """Yield the filtered frames of ``held`` whose whole window is there; return what the next ones still need."""
+    ready = len(held) - len(weights) + 1
+    if ready <= 0:
+        return held
+    w = weights.to(held.device, held.dtype)
+    yield sum(w[k] * held[k:k + ready] for k in range(len(w)))
+    return held[ready:]
 
 
 # --- which frames to use -----------------------------------------------------------
