@@ -29,14 +29,14 @@ conditions (masked frame, audio) do: no frame-to-frame jitter from the noise.
 ``smooth_over_time`` filters the sampled latents along time with a Gaussian
 (``sample.temporal_smoothing``, sigma in frames): frames sampled from their own
 noise each draw their own mouth for the same audio, and the filter averages
-that frame-to-frame scatter away. It streams over the chunks, holding only
-the few frames the filter reaches, so memory stays flat as clips grow.
+that frame-to-frame scatter (it lifts held-out sync only for models whose
+samples scatter much: README). It streams over the chunks, holding only the
+few frames the filter reaches, so memory stays flat as clips grow.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Iterator, Protocol
 
@@ -323,7 +323,8 @@ def smooth_over_time(chunks: Iterator[torch.Tensor], sigma: float) -> Iterator[t
     radius = len(weights) // 2
     held: torch.Tensor | None = None     # the frames still to yield, after `radius` frames of context before them
     for chunk in chunks:
-        held = torch.cat([chunk[:1].expand(radius, *chunk.shape[1:]), chunk]) if held is None else torch.cat([held, chunk])
+        before = chunk[:1].expand(radius, *chunk.shape[1:]) if held is None else held
+        held = torch.cat([before, chunk])
         held = yield from _yield_filtered(held, weights)
     if held is not None:
         yield from _yield_filtered(torch.cat([held, held[-1:].expand(radius, *held.shape[1:])]), weights)
