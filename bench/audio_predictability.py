@@ -73,6 +73,13 @@ def clip_parts(name: str, params: dict) -> tuple[ProcessedClip, tuple[int, int],
     return clip, tuple(split.train_frames[name]), tuple(split.validation_frames[name])
 
 
+def face_openings(clip: ProcessedClip) -> np.ndarray:
+    """The clip's per-frame mouth opening (the evaluate stage's units), NaN where no face was found."""
+    opening = mouth_opening(clip.landmarks)
+    opening[~np.asarray(clip.valid, bool)] = np.nan
+    return opening
+
+
 def window_matrix(features: np.ndarray, train: tuple[int, int], window: int) -> np.ndarray:
     """(N, window * D): every frame's audio window, each feature standardised on the training frames."""
     part = features[train[0]:train[1]]
@@ -160,8 +167,7 @@ def main() -> None:
         raise SystemExit(f"{features_path}: no audio features for clip '{args.clip}' "
                          "(run dvc repro extract_audio_features)")
     features = np.load(features_path)
-    opening = mouth_opening(clip.landmarks)
-    opening[~np.asarray(clip.valid, bool)] = np.nan
+    opening = face_openings(clip)
     dit_window = params["dit"]["audio_window"]
     windows = args.windows or sorted({1, 5, dit_window, 21})
     plan = [(w, 1.0) for w in windows] + [(dit_window, f) for f in args.fractions if f != 1.0]

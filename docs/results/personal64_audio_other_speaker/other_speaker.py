@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
 import audio_predictability as ap  # noqa: E402
-from dithead.metrics.lipsync import mouth_opening, sync_scores  # noqa: E402
+from dithead.metrics.lipsync import sync_scores  # noqa: E402
 from dithead.params import load_params  # noqa: E402
 
 
@@ -33,8 +33,7 @@ def speaker(folder: str, name: str) -> dict:
         clip, train, held_out = ap.clip_parts(name, params)
         features = np.load(Path("data/features") / f"{name}.npy")
         x = ap.window_matrix(features, train, params["dit"]["audio_window"])
-        opening = mouth_opening(clip.landmarks)
-        opening[~np.asarray(clip.valid, bool)] = np.nan
+        opening = ap.face_openings(clip)
     finally:
         os.chdir(here)
     rows = np.arange(*train)
