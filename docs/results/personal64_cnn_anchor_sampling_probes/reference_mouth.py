@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 import steps_quality as sq
-from dithead.metrics.lipsync import mouth_opening
+from audio_predictability import face_openings
 from dithead.params import load_params
 
 PERCENTILES = {"closed": (0.05, 0.10, 0.15), "median": (0.45, 0.50, 0.55), "open": (0.85, 0.90, 0.95)}
@@ -28,9 +28,9 @@ PERCENTILES = {"closed": (0.05, 0.10, 0.15), "median": (0.45, 0.50, 0.55), "open
 
 def ranked_training_frames(clip, train: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Training frames with a face, from the most closed mouth to the most open, and every frame's opening."""
-    opening = mouth_opening(np.asarray(clip.landmarks))
+    opening = face_openings(clip)
     frames = np.arange(*train)
-    frames = frames[np.asarray(clip.valid, bool)[frames] & np.isfinite(opening[frames])]
+    frames = frames[np.isfinite(opening[frames])]
     return frames[np.argsort(opening[frames])], opening
 
 
