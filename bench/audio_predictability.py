@@ -147,6 +147,16 @@ def held_out_score(x: np.ndarray, opening: np.ndarray, fit_frames: tuple[int, in
             "fit_seconds": round(len(rows) / fps, 1)}
 
 
+def print_feature_sets(sets: dict[str, np.ndarray], opening: np.ndarray, train: tuple[int, int],
+                       held_out: tuple[int, int], fps: float, windows: tuple[int, ...] = (5, 11)) -> None:
+    """Print a Markdown table of the linear map's held-out r for each feature set at each window."""
+    print("| features | " + " | ".join(f"window {w}" for w in windows) + " |\n|---|" + "---|" * len(windows))
+    for label, features in sets.items():
+        r = [held_out_score(window_matrix(features, train, w), opening, train, held_out, fps)["mouth_open_r"]
+             for w in windows]
+        print(f"| {label} | " + " | ".join(f"{x:.3f}" for x in r) + " |", flush=True)
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| map | window (frames) | training share | fit on (s) | held-out r | av_offset | std ratio "
              "| r on seen frames | ridge |", "|---|---|---|---|---|---|---|---|---|"]

@@ -66,11 +66,7 @@ def main() -> None:
     if phones is not None:
         variants["phones"] = phones
         variants["log-mel 80 + phones"] = np.concatenate([variants["log-mel 80, 25 Hz"], phones], axis=1)
-    print("| features | window 5 | window 11 |\n|---|---|---|")
-    for label, features in variants.items():
-        r = [ap.held_out_score(ap.window_matrix(features, train, w), opening, train, held_out, fps)["mouth_open_r"]
-             for w in (5, 11)]
-        print(f"| {label} | {r[0]:.3f} | {r[1]:.3f} |", flush=True)
+    ap.print_feature_sets(variants, opening, train, held_out, fps)
 
 
 if __name__ == "__main__":

@@ -72,11 +72,8 @@ def main() -> None:
         "F1-F3, B1-B2, pitch, intensity": frame_features(tracks, list(tracks), n, fps),
     }
     sets["log-mel 80 + F1-F3, B1-B2, pitch, intensity"] = np.concatenate([mel, sets["F1-F3, B1-B2, pitch, intensity"]], 1)
-    print(f"## {name}\n\n| features | window 5 | window 11 |\n|---|---|---|")
-    for label, features in sets.items():
-        r = [ap.held_out_score(ap.window_matrix(features, train, w), opening, train, held_out, fps)["mouth_open_r"]
-             for w in (5, 11)]
-        print(f"| {label} | {r[0]:.3f} | {r[1]:.3f} |", flush=True)
+    print(f"## {name}\n")
+    ap.print_feature_sets(sets, opening, train, held_out, fps)
 
 
 if __name__ == "__main__":
