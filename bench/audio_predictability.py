@@ -73,6 +73,14 @@ def clip_parts(name: str, params: dict) -> tuple[ProcessedClip, tuple[int, int],
     return clip, tuple(split.train_frames[name]), tuple(split.validation_frames[name])
 
 
+def clip_features(name: str) -> np.ndarray:
+    """The clip's per-frame audio features (the extract_audio_features stage's output)."""
+    path = Path("data/features") / f"{name}.npy"
+    if not path.exists():
+        raise SystemExit(f"{path}: no audio features for clip '{name}' (run dvc repro extract_audio_features)")
+    return np.load(path)
+
+
 def face_openings(clip: ProcessedClip) -> np.ndarray:
     """The clip's per-frame mouth opening (the evaluate stage's units), NaN where no face was found."""
     opening = mouth_opening(clip.landmarks)
@@ -172,11 +180,7 @@ def main() -> None:
     args = parse_args()
     params = load_params()
     clip, train, held_out = clip_parts(args.clip, params)
-    features_path = Path("data/features") / f"{args.clip}.npy"
-    if not features_path.exists():
-        raise SystemExit(f"{features_path}: no audio features for clip '{args.clip}' "
-                         "(run dvc repro extract_audio_features)")
-    features = np.load(features_path)
+    features = clip_features(args.clip)
     opening = face_openings(clip)
     dit_window = params["dit"]["audio_window"]
     windows = args.windows or sorted({1, 5, dit_window, 21})

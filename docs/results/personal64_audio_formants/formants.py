@@ -9,7 +9,7 @@ no model weights; not a dependency of the project):
 Why: the first formant (F1) is the classic acoustic correlate of how far the jaw and lips are open,
 and F2 of lip rounding. Log-mel bands carry the spectral envelope, but a formant's frequency is the
 position of a peak in it, which a linear map of the bands cannot read off. Each track is sampled at
-100 Hz (Burg's method, Praat's defaults for a speaker of unknown sex), pooled to the video's frames
+100 Hz (Burg's method with Praat's defaults: five formants below 5500 Hz), pooled to the video's frames
 (mean over the frame), and missing values (no voicing, no formant found) set to the track's median
 with a 0/1 column that says so.
 """
@@ -26,7 +26,7 @@ import audio_predictability as ap  # noqa: E402
 from dithead.data.audio_features import pool_to_frames  # noqa: E402
 from dithead.params import load_params  # noqa: E402
 
-STEP = 0.01  # s: 100 tracks rows per second
+STEP = 0.01  # s: 100 track rows per second
 
 
 def praat_tracks(samples: np.ndarray, rate: int) -> dict[str, np.ndarray]:
@@ -65,7 +65,7 @@ def main() -> None:
     if samples.ndim > 1:
         samples = samples.mean(1)
     tracks = praat_tracks(samples, rate)
-    mel = np.load(Path("data/features") / f"{name}.npy")[:n]
+    mel = ap.clip_features(name)[:n]
     sets = {
         "log-mel 80 (the profile)": mel,
         "F1": frame_features(tracks, ["F1"], n, fps),
